@@ -1,0 +1,780 @@
+//! The buffer manager: the shared-memory allocator both processes pop slices from and
+//! recycle slices to (PROTOCOL.md 4).
+//!
+//! # Layout
+//!
+//! ```text
+//! [ header 8 B ][ list 0: header 36 B | n0 slices ][ list 1: header 36 B | n1 slices ] ... [unused]
+//! ```
+//!
+//! The 8-byte [`BufferManagerHeader`] holds the list count and the "used length" (bytes of
+//! all lists). Lists are sorted by slice size. Each slice is a 20-byte
+//! [`SliceHeader`](crate::slice::SliceHeader) followed by its data. [`format`] reproduces Go's
+//! sizing exactly: with the default 32 MiB and size classes 8,172 / 32,748 / 131,052 bytes at
+//! 50 / 30 / 20 %, it makes 2,047 / 307 / 51 slices with list headers at offsets 8,
+//! 16,769,068 and 26,828,880, and a used length of 33,513,580.
+//!
+//! # Offsets
+//!
+//! A list's `head`, `tail` and the `next` of a *free* slice are relative to that list's slice
+//! region; the `next` of a slice in a *message chain* and the offset in a queue element are
+//! absolute (from the start of the buffer region). This module converts at the boundary; its
+//! public API speaks absolute offsets only.
+//!
+//! # Allocating, sending, recycling
+//!
+//! [`BufferManager::alloc`] follows Go's writer: one slice from the smallest list that fits
+//! `n` bytes, else slices from the largest list downwards until `n` is covered, linked into a
+//! [`SliceChain`] in shared memory as they are popped. The sender sets each slice's length
+//! ([`BufferManager::set_len`]) and pushes one queue element naming the first slice. The
+//! receiver walks the chain with [`BufferManager::walk_chain`], which checks every link (in
+//! range, on a slice boundary, in use, length within capacity, no cycle) and recycles the
+//! slices once the data is consumed ([`BufferManager::recycle_chain`]).
+//!
+//! ```
+//! use shmlink_core::buffer::{BufferList, BufferManager, ListHeader, Role, SliceTable};
+//! use shmlink_core::slice::SliceHeader;
+//!
+//! // Two lists of 4 slices each (64 and 256 bytes), on ordinary memory.
+//! let small_headers: Vec<SliceHeader> = (0..4).map(|_| SliceHeader::default()).collect();
+//! let big_headers: Vec<SliceHeader> = (0..4).map(|_| SliceHeader::default()).collect();
+//! let (small, big) = (ListHeader::default(), ListHeader::default());
+//! let lists = [
+//!     BufferList::format(&small, SliceTable::from_headers(&small_headers, 64).unwrap(), 44, Role::Creator)?,
+//!     BufferList::format(&big, SliceTable::from_headers(&big_headers, 256).unwrap(), 1000, Role::Creator)?,
+//! ];
+//! let manager = BufferManager::from_lists(&lists, 4096)?;
+//!
+//! // 600 bytes do not fit one slice: take 256-byte slices from the largest list down.
+//! let chain = manager.alloc(600)?;
+//! assert_eq!(chain.count(), 3);
+//! // Only three of the four are ever handed out: the last free slice stays in the list.
+//! assert!(manager.alloc(1000).is_err());
+//!
+//! let mut total = 0;
+//! for segment in manager.walk_chain(chain.first()) {
+//!     let segment = segment?;
+//!     manager.set_len(segment.slice, 200)?;
+//!     total += 200;
+//! }
+//! assert_eq!(total, 600);
+//! assert_eq!(manager.recycle_chain(chain.first())?, 3);
+//! assert_eq!(manager.in_use_bytes(), 0);
+//! # Ok::<(), shmlink_core::buffer::BufferError>(())
+//! ```
+
+mod list;
+
+use core::fmt;
+
+pub use list::{
+    BufferList, FreeSlices, LIST_HEADER_SIZE, ListHeader, ListStats, POP_ATTEMPTS, PUSH_ATTEMPTS,
+    SliceTable,
+};
+
+#[cfg(not(loom))]
+use crate::region::Region;
+use crate::slice::{SLICE_HEADER_SIZE, SliceFlags, SliceHeader};
+use crate::sync::{AtomicU16, AtomicU32, Ordering};
+
+/// Bytes of the buffer manager header.
+pub const MANAGER_HEADER_SIZE: usize = 8;
+/// The most lists (size classes) this implementation accepts.
+pub const MAX_LISTS: usize = 32;
+
+/// The 8-byte header at the start of a buffer region.
+#[repr(C)]
+#[derive(Default)]
+pub struct BufferManagerHeader {
+    list_count: AtomicU16,
+    reserved: AtomicU16,
+    used_len: AtomicU32,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<BufferManagerHeader>() == MANAGER_HEADER_SIZE);
+    assert!(offset_of!(BufferManagerHeader, list_count) == 0);
+    assert!(offset_of!(BufferManagerHeader, reserved) == 2);
+    assert!(offset_of!(BufferManagerHeader, used_len) == 4);
+};
+
+/// Which process this is with respect to a buffer region. It selects the per-list counter
+/// that allocation updates (offset 20 for the creator, 24 for the mapper, as Go does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The process that formatted the region (the client).
+    Creator,
+    /// A process that mapped a region someone else formatted (the server).
+    Mapper,
+}
+
+/// A size class for [`format`]: slices of `size` data bytes taking `percent` of the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeClass {
+    /// Data bytes per slice; a multiple of 4.
+    pub size: u32,
+    /// Share of the region in percent; the classes must sum to 100.
+    pub percent: u8,
+}
+
+/// shmipc-go's default size classes: 8 KiB, 32 KiB and 128 KiB slices (header included)
+/// at 50 / 30 / 20 %.
+pub const DEFAULT_SIZE_CLASSES: [SizeClass; 3] = [
+    SizeClass {
+        size: 8172,
+        percent: 50,
+    },
+    SizeClass {
+        size: 32748,
+        percent: 30,
+    },
+    SizeClass {
+        size: 131_052,
+        percent: 20,
+    },
+];
+
+/// What is wrong with a slice offset or a slice met on a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SliceFault {
+    /// The offset is outside every list, or not on a slice boundary.
+    NotASlice,
+    /// The slice is free, but a chain or recycle needs it allocated.
+    NotInUse,
+    /// The slice header's cap differs from its list's slice size.
+    CapMismatch {
+        /// The cap found.
+        cap: u32,
+    },
+    /// `start + len` exceeds the slice's capacity.
+    BadLength {
+        /// The start found.
+        start: u32,
+        /// The length found.
+        len: u32,
+    },
+    /// The chain has more links than the region has slices: it loops.
+    ChainTooLong,
+}
+
+/// Errors of the buffer manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BufferError {
+    /// [`format`] was given size classes it cannot lay out.
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The region is smaller than the header says (or than the configuration needs).
+    RegionTooSmall {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// A header field holds a value no correct peer writes.
+    Corrupted {
+        /// The list index, if the field belongs to a list header.
+        list: Option<u16>,
+        /// The field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+    /// Shared memory cannot cover the request now; the caller falls back to the socket.
+    NoMoreBuffer {
+        /// Bytes requested.
+        requested: u64,
+    },
+    /// An offset from a queue element, a chain link or a recycle is not acceptable.
+    BadSlice {
+        /// The absolute offset.
+        offset: u32,
+        /// Why.
+        fault: SliceFault,
+    },
+}
+
+impl fmt::Display for BufferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidConfig { reason } => write!(f, "invalid buffer configuration: {reason}"),
+            Self::RegionTooSmall { needed, actual } => {
+                write!(
+                    f,
+                    "buffer region too small: need {needed} bytes, have {actual}"
+                )
+            }
+            Self::Corrupted {
+                list: Some(list),
+                field,
+                value,
+            } => {
+                write!(f, "buffer list {list} header corrupted: {field} = {value}")
+            }
+            Self::Corrupted {
+                list: None,
+                field,
+                value,
+            } => {
+                write!(f, "buffer header corrupted: {field} = {value}")
+            }
+            Self::NoMoreBuffer { requested } => {
+                write!(
+                    f,
+                    "shared memory exhausted: cannot allocate {requested} bytes"
+                )
+            }
+            Self::BadSlice { offset, fault } => {
+                write!(f, "bad slice at offset {offset}: ")?;
+                match fault {
+                    SliceFault::NotASlice => write!(f, "not a slice boundary of any list"),
+                    SliceFault::NotInUse => write!(f, "slice is free, not allocated"),
+                    SliceFault::CapMismatch { cap } => {
+                        write!(f, "slice cap {cap} differs from its list's slice size")
+                    }
+                    SliceFault::BadLength { start, len } => {
+                        write!(f, "start {start} + len {len} exceeds the slice capacity")
+                    }
+                    SliceFault::ChainTooLong => {
+                        write!(f, "chain longer than the number of slices (a cycle)")
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl core::error::Error for BufferError {}
+
+/// The bytes [`format`] lays out: the header plus every list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListPlan {
+    /// Absolute offset of the list header.
+    pub header_offset: u32,
+    /// Data bytes per slice.
+    pub slice_size: u32,
+    /// Number of slices.
+    pub count: u32,
+}
+
+/// Computes Go's layout (PROTOCOL.md 4.2) for a region of `region_len` bytes, without
+/// touching memory. Returns the lists (sorted by size) and the used length.
+pub fn plan(
+    region_len: u64,
+    classes: &[SizeClass],
+) -> Result<(heapless::Vec<ListPlan, MAX_LISTS>, u32), BufferError> {
+    let invalid = |reason| Err(BufferError::InvalidConfig { reason });
+    if classes.is_empty() {
+        return invalid("at least one size class is needed");
+    }
+    if classes.len() > MAX_LISTS {
+        return invalid("more than 32 size classes");
+    }
+    if region_len > u64::from(u32::MAX) {
+        return invalid("buffer region larger than 4 GiB (offsets are u32)");
+    }
+    let mut sorted: heapless::Vec<SizeClass, MAX_LISTS> = heapless::Vec::new();
+    for class in classes {
+        if class.size == 0 || class.size % 4 != 0 {
+            return invalid("slice sizes must be non-zero multiples of 4");
+        }
+        // Capacity checked above, cannot fail.
+        let _ = sorted.push(*class);
+    }
+    sorted.sort_unstable_by_key(|c| c.size);
+    if sorted.windows(2).any(|w| w[0].size == w[1].size) {
+        return invalid("two size classes have the same slice size");
+    }
+    let percent: u32 = sorted.iter().map(|c| u32::from(c.percent)).sum();
+    if percent != 100 {
+        return invalid("size class percentages must sum to 100");
+    }
+    let overhead = (LIST_HEADER_SIZE * sorted.len() + MANAGER_HEADER_SIZE) as u64;
+    let Some(remaining) = region_len.checked_sub(overhead) else {
+        return Err(BufferError::RegionTooSmall {
+            needed: overhead,
+            actual: region_len,
+        });
+    };
+    let mut lists = heapless::Vec::new();
+    let mut offset = MANAGER_HEADER_SIZE as u64;
+    for class in &sorted {
+        // Go: u64 product, truncated to u32, then integer division by the slice stride.
+        let share = (remaining * u64::from(class.percent) / 100) as u32;
+        let count = share / (class.size + SLICE_HEADER_SIZE as u32);
+        if count == 0 {
+            return invalid("a size class gets no slice: region too small or slice too large");
+        }
+        let _ = lists.push(ListPlan {
+            header_offset: offset as u32,
+            slice_size: class.size,
+            count,
+        });
+        offset += LIST_HEADER_SIZE as u64
+            + u64::from(count) * u64::from(class.size + SLICE_HEADER_SIZE as u32);
+    }
+    let used = offset - MANAGER_HEADER_SIZE as u64;
+    Ok((lists, used as u32))
+}
+
+/// Formats a buffer region (the client's job) with Go's algorithm and returns the manager,
+/// as [`Role::Creator`]. `region` must be private to the caller.
+#[cfg(not(loom))]
+pub fn format<'a>(
+    region: Region<'a>,
+    classes: &[SizeClass],
+) -> Result<BufferManager<'a>, BufferError> {
+    let (plans, used) = plan(region.len() as u64, classes)?;
+    let header: &BufferManagerHeader = region.layout_at(0).ok_or(BufferError::RegionTooSmall {
+        needed: 8,
+        actual: region.len() as u64,
+    })?;
+    let mut lists = heapless::Vec::new();
+    for (index, p) in plans.iter().enumerate() {
+        let (list_header, slices, base) =
+            list_parts(region, p.header_offset, p.slice_size, p.count, index)?;
+        let list = BufferList::format(list_header, slices, base, Role::Creator)?;
+        let _ = lists.push(list);
+    }
+    // SYNC: private region during formatting; the handshake publishes it.
+    header
+        .list_count
+        .store(plans.len() as u16, Ordering::Relaxed);
+    header.reserved.store(0, Ordering::Relaxed);
+    header.used_len.store(used, Ordering::Relaxed);
+    BufferManager::new(lists, region.len() as u32)
+}
+
+/// Attaches to a buffer region formatted by the peer (or by ourselves earlier), validating
+/// every header: list count, used length against the region size, each list's geometry,
+/// sizes, head and tail.
+#[cfg(not(loom))]
+pub fn attach(region: Region<'_>, role: Role) -> Result<BufferManager<'_>, BufferError> {
+    let region_len = region.len() as u64;
+    if region_len > u64::from(u32::MAX) {
+        return Err(BufferError::InvalidConfig {
+            reason: "buffer region larger than 4 GiB",
+        });
+    }
+    let header: &BufferManagerHeader = region.layout_at(0).ok_or(BufferError::RegionTooSmall {
+        needed: 8,
+        actual: region_len,
+    })?;
+    // SYNC: written before the handshake that handed us the region.
+    let count = header.list_count.load(Ordering::Relaxed);
+    let used = header.used_len.load(Ordering::Relaxed);
+    let corrupted = |field, value: u64| BufferError::Corrupted {
+        list: None,
+        field,
+        value,
+    };
+    if count == 0 || usize::from(count) > MAX_LISTS {
+        return Err(corrupted("list count", u64::from(count)));
+    }
+    let end = MANAGER_HEADER_SIZE as u64 + u64::from(used);
+    if end > region_len {
+        return Err(BufferError::RegionTooSmall {
+            needed: end,
+            actual: region_len,
+        });
+    }
+    let mut lists: heapless::Vec<BufferList<'_>, MAX_LISTS> = heapless::Vec::new();
+    let mut offset = MANAGER_HEADER_SIZE as u64;
+    for index in 0..usize::from(count) {
+        let list_err = |field, value: u64| BufferError::Corrupted {
+            list: Some(index as u16),
+            field,
+            value,
+        };
+        if offset + LIST_HEADER_SIZE as u64 > end {
+            return Err(corrupted("used length", u64::from(used)));
+        }
+        let list_header: &ListHeader = region
+            .layout_at(offset as usize)
+            .ok_or(list_err("header offset", offset))?;
+        let (slice_size, cap) = list_header.geometry();
+        if slice_size == 0 || slice_size % 4 != 0 {
+            return Err(list_err("capPerBuffer", u64::from(slice_size)));
+        }
+        if let Some(prev) = lists.last() {
+            if slice_size <= prev.slice_size() {
+                return Err(list_err(
+                    "capPerBuffer (lists must be sorted by size)",
+                    u64::from(slice_size),
+                ));
+            }
+        }
+        let bytes = LIST_HEADER_SIZE as u64
+            + u64::from(cap) * u64::from(slice_size + SLICE_HEADER_SIZE as u32);
+        if cap == 0 || offset + bytes > end {
+            return Err(list_err("cap", u64::from(cap)));
+        }
+        let (list_header, slices, base) =
+            list_parts(region, offset as u32, slice_size, cap, index)?;
+        let list = BufferList::attach(list_header, slices, base, role, Some(index as u16))?;
+        let _ = lists.push(list);
+        offset += bytes;
+    }
+    if offset != end {
+        return Err(corrupted("used length", u64::from(used)));
+    }
+    BufferManager::new(lists, region_len as u32)
+}
+
+#[cfg(not(loom))]
+fn list_parts<'a>(
+    region: Region<'a>,
+    header_offset: u32,
+    slice_size: u32,
+    count: u32,
+    index: usize,
+) -> Result<(&'a ListHeader, SliceTable<'a>, u32), BufferError> {
+    let bad = |field, value: u64| BufferError::Corrupted {
+        list: Some(index as u16),
+        field,
+        value,
+    };
+    let header: &ListHeader = region
+        .layout_at(header_offset as usize)
+        .ok_or(bad("header offset", u64::from(header_offset)))?;
+    let base = header_offset + LIST_HEADER_SIZE as u32;
+    let slices_region = region
+        .sub(base as usize, region.len() - base as usize)
+        .ok_or(bad("header offset", u64::from(header_offset)))?;
+    let slices = SliceTable::in_region(slices_region, slice_size, count)
+        .ok_or(bad("cap", u64::from(count)))?;
+    Ok((header, slices, base))
+}
+
+/// One slice of a walked chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Absolute offset of the slice header.
+    pub slice: u32,
+    /// Absolute offset of the first valid data byte (`slice + 20 + start`).
+    pub data: u32,
+    /// Valid data bytes.
+    pub len: u32,
+}
+
+/// Slices allocated by [`BufferManager::alloc`], already linked in shared memory
+/// (absolute `next`, `HAS_NEXT` on all but the last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceChain {
+    first: u32,
+    last: u32,
+    count: u32,
+    capacity: u64,
+}
+
+impl SliceChain {
+    /// Absolute offset of the first slice header: what a queue element carries.
+    pub fn first(&self) -> u32 {
+        self.first
+    }
+
+    /// Absolute offset of the last slice header.
+    pub fn last(&self) -> u32 {
+        self.last
+    }
+
+    /// Number of slices.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Total data capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+/// The buffer manager of one buffer region, as seen by one process.
+#[derive(Clone, Debug)]
+pub struct BufferManager<'a> {
+    lists: heapless::Vec<BufferList<'a>, MAX_LISTS>,
+    region_len: u32,
+    total_slices: u32,
+}
+
+impl<'a> BufferManager<'a> {
+    /// A manager over lists built by hand (tests, loom models). Lists must be sorted by slice
+    /// size, must not overlap, and must lie inside `region_len`.
+    pub fn from_lists(lists: &[BufferList<'a>], region_len: u32) -> Result<Self, BufferError> {
+        let mut v = heapless::Vec::new();
+        for list in lists {
+            v.push(*list).map_err(|_| BufferError::InvalidConfig {
+                reason: "more than 32 lists",
+            })?;
+        }
+        Self::new(v, region_len)
+    }
+
+    fn new(
+        lists: heapless::Vec<BufferList<'a>, MAX_LISTS>,
+        region_len: u32,
+    ) -> Result<Self, BufferError> {
+        let mut total: u32 = 0;
+        let mut prev_end = 0u64;
+        for (i, list) in lists.iter().enumerate() {
+            if u64::from(list.base()) < prev_end || list.end() > u64::from(region_len) {
+                return Err(BufferError::Corrupted {
+                    list: Some(i as u16),
+                    field: "slice region",
+                    value: u64::from(list.base()),
+                });
+            }
+            prev_end = list.end();
+            total = total.saturating_add(list.capacity());
+        }
+        if lists
+            .windows(2)
+            .any(|w| w[0].slice_size() >= w[1].slice_size())
+        {
+            return Err(BufferError::InvalidConfig {
+                reason: "lists must be sorted by slice size",
+            });
+        }
+        Ok(Self {
+            lists,
+            region_len,
+            total_slices: total,
+        })
+    }
+
+    /// The lists, sorted by slice size.
+    pub fn lists(&self) -> &[BufferList<'a>] {
+        &self.lists
+    }
+
+    /// The largest slice's data size.
+    pub fn max_slice_size(&self) -> u32 {
+        self.lists.last().map_or(0, BufferList::slice_size)
+    }
+
+    /// Total slices in all lists.
+    pub fn total_slices(&self) -> u32 {
+        self.total_slices
+    }
+
+    /// Metrics `CapacityOfShareMemoryInBytes`: Σ cap × slice size (u32 arithmetic, as Go).
+    pub fn capacity_bytes(&self) -> u32 {
+        self.lists.iter().fold(0u32, |acc, l| {
+            acc.wrapping_add(l.capacity().wrapping_mul(l.slice_size()))
+        })
+    }
+
+    /// Metrics `AllInUsedShareMemoryInBytes`: Σ (cap − free) × slice size (u32, as Go).
+    pub fn in_use_bytes(&self) -> u32 {
+        self.lists.iter().fold(0u32, |acc, l| {
+            let free = l.stats().free as u32;
+            acc.wrapping_add(l.capacity().wrapping_sub(free).wrapping_mul(l.slice_size()))
+        })
+    }
+
+    /// Whether every list is back to full (all slices free).
+    pub fn all_free(&self) -> bool {
+        self.lists
+            .iter()
+            .all(|l| l.stats().free == l.capacity() as i32)
+    }
+
+    /// Finds the list and header of the slice at absolute offset `abs`.
+    pub fn slice_at(&self, abs: u32) -> Result<(&BufferList<'a>, &'a SliceHeader), BufferError> {
+        let not_a_slice = BufferError::BadSlice {
+            offset: abs,
+            fault: SliceFault::NotASlice,
+        };
+        let list = self
+            .lists
+            .iter()
+            .find(|l| abs >= l.base() && u64::from(abs) < l.end())
+            .ok_or(not_a_slice)?;
+        let header = list.slice_at(abs).ok_or(not_a_slice)?;
+        Ok((list, header))
+    }
+
+    /// Absolute offset and capacity of the data area of the slice at `abs`.
+    pub fn data_area(&self, abs: u32) -> Result<(u32, u32), BufferError> {
+        let (list, _) = self.slice_at(abs)?;
+        Ok((abs + SLICE_HEADER_SIZE as u32, list.slice_size()))
+    }
+
+    /// Allocates slices covering `n` bytes with Go's policy (PROTOCOL.md 4.8): one slice from
+    /// the smallest list whose slices hold `n` (falling through to larger lists), else slices
+    /// from the largest list downwards. The slices come back linked as a chain, each marked
+    /// in use with length 0. If shared memory cannot cover `n`, everything taken is returned
+    /// and the result is [`BufferError::NoMoreBuffer`].
+    pub fn alloc(&self, n: u64) -> Result<SliceChain, BufferError> {
+        for list in self.lists.iter().filter(|l| u64::from(l.slice_size()) >= n) {
+            if let Some(abs) = list.pop()? {
+                return Ok(SliceChain {
+                    first: abs,
+                    last: abs,
+                    count: 1,
+                    capacity: u64::from(list.slice_size()),
+                });
+            }
+        }
+        let mut chain: Option<SliceChain> = None;
+        for list in self.lists.iter().rev() {
+            while chain.map_or(0, |c| c.capacity) < n {
+                let abs = match list.pop() {
+                    Ok(Some(abs)) => abs,
+                    Ok(None) => break,
+                    Err(e) => {
+                        if let Some(c) = chain {
+                            let _ = self.recycle_own(c);
+                        }
+                        return Err(e);
+                    }
+                };
+                chain = Some(match chain {
+                    None => SliceChain {
+                        first: abs,
+                        last: abs,
+                        count: 1,
+                        capacity: u64::from(list.slice_size()),
+                    },
+                    Some(c) => {
+                        self.link(c.last, abs)?;
+                        SliceChain {
+                            first: c.first,
+                            last: abs,
+                            count: c.count + 1,
+                            capacity: c.capacity + u64::from(list.slice_size()),
+                        }
+                    }
+                });
+            }
+        }
+        match chain {
+            Some(c) if c.capacity >= n => Ok(c),
+            Some(c) => {
+                self.recycle_own(c)?;
+                Err(BufferError::NoMoreBuffer { requested: n })
+            }
+            None => Err(BufferError::NoMoreBuffer { requested: n }),
+        }
+    }
+
+    /// Links the slice at `prev` to the slice at `next` (absolute) in a message chain.
+    /// Both must be allocated by this process.
+    pub fn link(&self, prev: u32, next: u32) -> Result<(), BufferError> {
+        self.slice_at(next)?;
+        let (_, header) = self.slice_at(prev)?;
+        // SYNC: the slice is ours; published to the peer by the queue push's release.
+        header.next.store(next, Ordering::Relaxed);
+        header.flags.store(
+            (SliceFlags::IN_USE | SliceFlags::HAS_NEXT).bits(),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Sets the number of valid bytes of an allocated slice before sending it.
+    pub fn set_len(&self, abs: u32, len: u32) -> Result<(), BufferError> {
+        let (list, header) = self.slice_at(abs)?;
+        if len > list.slice_size() {
+            return Err(BufferError::BadSlice {
+                offset: abs,
+                fault: SliceFault::BadLength { start: 0, len },
+            });
+        }
+        // SYNC: the slice is ours; published to the peer by the queue push's release.
+        header.len.store(len, Ordering::Relaxed);
+        header.start.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Recycles one slice (absolute offset) to the list it belongs to.
+    pub fn recycle(&self, abs: u32) -> Result<(), BufferError> {
+        let (list, _) = self.slice_at(abs)?;
+        list.push(abs)
+    }
+
+    fn recycle_own(&self, chain: SliceChain) -> Result<u32, BufferError> {
+        self.recycle_chain(chain.first)
+    }
+
+    /// Walks the chain starting at absolute offset `first`, yielding each slice's data range.
+    ///
+    /// Every link is checked: it must be a slice boundary inside a list, the slice must be in
+    /// use, its cap must match its list, `start + len` must fit, and the chain may not be
+    /// longer than the region has slices (so a cycle ends in an error, not a hang). Each
+    /// header is read once; only that snapshot is used. After an error the walk stops.
+    pub fn walk_chain(&self, first: u32) -> ChainWalk<'_, 'a> {
+        ChainWalk {
+            manager: self,
+            next: Some(first),
+            steps: 0,
+        }
+    }
+
+    /// Walks the chain at `first` and recycles every slice; returns how many. Stops at the
+    /// first bad link (the slices before it are recycled).
+    pub fn recycle_chain(&self, first: u32) -> Result<u32, BufferError> {
+        let mut count = 0;
+        for segment in self.walk_chain(first) {
+            self.recycle(segment?.slice)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Byte length of the region this manager covers.
+    pub fn region_len(&self) -> u32 {
+        self.region_len
+    }
+}
+
+/// Iterator over a received chain; see [`BufferManager::walk_chain`].
+#[derive(Debug)]
+pub struct ChainWalk<'m, 'a> {
+    manager: &'m BufferManager<'a>,
+    next: Option<u32>,
+    steps: u32,
+}
+
+impl Iterator for ChainWalk<'_, '_> {
+    type Item = Result<Segment, BufferError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let offset = self.next.take()?;
+        let fail = |fault| Some(Err(BufferError::BadSlice { offset, fault }));
+        if self.steps >= self.manager.total_slices {
+            return fail(SliceFault::ChainTooLong);
+        }
+        self.steps += 1;
+        let (list, header) = match self.manager.slice_at(offset) {
+            Ok(found) => found,
+            Err(e) => return Some(Err(e)),
+        };
+        let snap = header.snapshot();
+        if snap.cap != list.slice_size() {
+            return fail(SliceFault::CapMismatch { cap: snap.cap });
+        }
+        if !snap.flags().contains(SliceFlags::IN_USE) {
+            return fail(SliceFault::NotInUse);
+        }
+        if u64::from(snap.start) + u64::from(snap.len) > u64::from(list.slice_size()) {
+            return fail(SliceFault::BadLength {
+                start: snap.start,
+                len: snap.len,
+            });
+        }
+        if snap.flags().contains(SliceFlags::HAS_NEXT) {
+            self.next = Some(snap.next);
+        }
+        Some(Ok(Segment {
+            slice: offset,
+            data: offset + SLICE_HEADER_SIZE as u32 + snap.start,
+            len: snap.len,
+        }))
+    }
+}
