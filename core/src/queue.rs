@@ -183,6 +183,19 @@ impl Element {
     }
 }
 
+/// A reading of a queue header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Capacity in elements (as read when attaching).
+    pub cap: u32,
+    /// Elements ever popped.
+    pub head: i64,
+    /// Elements ever pushed.
+    pub tail: i64,
+    /// The working flag: 1 while the consumer is draining.
+    pub working: u32,
+}
+
 /// What the producer must do after a successful push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "a NotifyPeer that is not acted on leaves the peer asleep with data queued"]
@@ -396,6 +409,23 @@ impl<'a> Queue<'a> {
     /// Whether no element is pending.
     pub fn is_empty(&self) -> Result<bool, QueueError> {
         Ok(self.len()? == 0)
+    }
+
+    /// A reading of the header, for metrics and debugging (like Go's `DebugQueueDetail`).
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            cap: self.cap,
+            head: self.header.head.load(),
+            tail: self.header.tail.load(),
+            // SYNC: diagnostics only; decisions use the SeqCst accesses of the handshake.
+            working: self.header.working.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The element stored in slot `index` (`0..cap`), whether or not it is pending; for
+    /// audits of a captured region. `None` if `index` is out of range.
+    pub fn slot_value(&self, index: u32) -> Option<Element> {
+        self.slots.get(index as usize).map(ElementSlot::load)
     }
 
     /// Elements ever pushed (the tail counter; Go reports it as Send/ReceiveQueueCount).

@@ -1,0 +1,217 @@
+//! Property tests: every frame survives encode/decode, arbitrary bytes never panic the
+//! decoder, and random allocate/recycle sequences never hand a slice out twice.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::Mapping;
+use proptest::prelude::*;
+use shmlink_core::buffer::{self, SizeClass};
+use shmlink_core::frame::{Decoded, Frame, FrameDecoder, FrameError, Message, Paths};
+
+/// Owned inputs for a `Message`, so proptest can generate them.
+#[derive(Debug, Clone)]
+enum Spec {
+    FilePath(Vec<u8>, Vec<u8>),
+    Memfd(Vec<u8>, Vec<u8>),
+    Polling,
+    StreamClose(u32),
+    Fallback(u32, u32, Vec<u8>),
+    Exchange,
+    AckShare,
+    AckReady,
+    HotRestart(u64),
+    HotRestartAck(u64),
+}
+
+impl Spec {
+    fn message(&self) -> Message<'_> {
+        match self {
+            Spec::FilePath(q, b) => Message::ShareMemoryByFilePath(Paths { queue: q, buffer: b }),
+            Spec::Memfd(q, b) => Message::ShareMemoryByMemfd(Paths { queue: q, buffer: b }),
+            Spec::Polling => Message::Polling,
+            Spec::StreamClose(id) => Message::StreamClose { stream_id: *id },
+            Spec::Fallback(id, status, data) => Message::FallbackData { stream_id: *id, status: *status, data },
+            Spec::Exchange => Message::ExchangeProtoVersion,
+            Spec::AckShare => Message::AckShareMemory,
+            Spec::AckReady => Message::AckReadyRecvFd,
+            Spec::HotRestart(e) => Message::HotRestart { epoch: *e },
+            Spec::HotRestartAck(e) => Message::HotRestartAck { epoch: *e },
+        }
+    }
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    let path = || proptest::collection::vec(any::<u8>(), 0..300);
+    prop_oneof![
+        (path(), path()).prop_map(|(q, b)| Spec::FilePath(q, b)),
+        (path(), path()).prop_map(|(q, b)| Spec::Memfd(q, b)),
+        Just(Spec::Polling),
+        any::<u32>().prop_map(Spec::StreamClose),
+        (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2000))
+            .prop_map(|(i, s, d)| Spec::Fallback(i, s, d)),
+        Just(Spec::Exchange),
+        Just(Spec::AckShare),
+        Just(Spec::AckReady),
+        any::<u64>().prop_map(Spec::HotRestart),
+        any::<u64>().prop_map(Spec::HotRestartAck),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn decode_of_encode_is_identity_for_every_message_type(spec in spec(), version in 1u8..=255) {
+        let frame = Frame::new(version, spec.message());
+        let mut wire = vec![0u8; frame.encoded_len()];
+        prop_assert_eq!(frame.encode(&mut wire).unwrap(), wire.len());
+        prop_assert_eq!(u32::from_be_bytes(wire[0..4].try_into().unwrap()) as usize, wire.len());
+        prop_assert_eq!(Frame::decode(&wire).unwrap(), Decoded::Frame(frame, wire.len()));
+        // Every proper prefix asks for more bytes and consumes nothing.
+        for cut in [0, 1, 7, wire.len() / 2, wire.len() - 1] {
+            if cut < wire.len() {
+                let is_incomplete = matches!(Frame::decode(&wire[..cut]), Ok(Decoded::Incomplete { .. }));
+                prop_assert!(is_incomplete);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_of_frames_split_anywhere_decodes_to_the_same_frames(
+        specs in proptest::collection::vec(spec(), 1..8),
+        chunk in 1usize..64,
+    ) {
+        let mut wire = Vec::new();
+        for s in &specs {
+            Frame::new(3, s.message()).encode_into(&mut wire).unwrap();
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(chunk) {
+            decoder.extend(piece);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                let mut bytes = Vec::new();
+                frame.encode_into(&mut bytes).unwrap();
+                got.push(bytes);
+            }
+        }
+        prop_assert_eq!(decoder.pending(), 0);
+        prop_assert_eq!(got.len(), specs.len());
+        prop_assert_eq!(got.concat(), wire);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        match Frame::decode(&bytes) {
+            Ok(Decoded::Frame(frame, used)) => {
+                prop_assert!(used <= bytes.len());
+                prop_assert_eq!(used, frame.encoded_len());
+            }
+            Ok(Decoded::Incomplete { needed }) => prop_assert!(needed > bytes.len()),
+            Err(_) => {}
+        }
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&bytes);
+        for _ in 0..bytes.len() + 1 {
+            match decoder.next_frame() {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_headers_are_rejected_with_the_right_error(
+        len in any::<u32>(), magic in any::<u16>(), version in any::<u8>(), kind in any::<u8>()
+    ) {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&len.to_be_bytes());
+        wire.extend_from_slice(&magic.to_be_bytes());
+        wire.extend_from_slice(&[version, kind]);
+        match Frame::decode(&wire) {
+            Err(FrameError::BadMagic { found }) => prop_assert_eq!(found, magic),
+            Err(FrameError::BadVersion { .. }) => prop_assert!(magic == 0x7758 && version == 0),
+            Err(FrameError::UnknownType { found }) => prop_assert!(found > 9),
+            Err(FrameError::BadLength { length, .. }) => prop_assert_eq!(length, len),
+            Err(FrameError::TooLong { length }) => prop_assert_eq!(length, len),
+            Err(other) => prop_assert!(false, "unexpected {:?}", other),
+            Ok(Decoded::Frame(frame, _)) => prop_assert!(len == 8 && frame.encoded_len() == 8),
+            Ok(Decoded::Incomplete { needed }) => prop_assert_eq!(needed, len as usize),
+        }
+    }
+}
+
+#[test]
+fn polling_with_a_length_other_than_8_is_rejected() {
+    let wire = [0, 0, 0, 9, 0x77, 0x58, 3, 1, 0];
+    assert!(matches!(Frame::decode(&wire), Err(FrameError::BadLength { length: 9, .. })));
+    let wire = [0, 0, 0, 8, 0x77, 0x58, 0, 1];
+    assert_eq!(Frame::decode(&wire), Err(FrameError::BadVersion { found: 0 }));
+    let wire = [0, 0, 0, 8, 0x77, 0x59, 3, 1];
+    assert_eq!(Frame::decode(&wire), Err(FrameError::BadMagic { found: 0x7759 }));
+    let wire = [0, 0, 0, 8, 0x77, 0x58, 3, 10];
+    assert_eq!(Frame::decode(&wire), Err(FrameError::UnknownType { found: 10 }));
+    // Path lengths that overrun the frame.
+    let wire = [0, 0, 0, 12, 0x77, 0x58, 3, 0, 0, 5, 0, 0];
+    assert_eq!(Frame::decode(&wire), Err(FrameError::BadPaths { length: 12 }));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(u64),
+    Recycle(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![(0u64..20_000).prop_map(Op::Alloc), any::<usize>().prop_map(Op::Recycle)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn allocation_never_hands_a_slice_out_twice_and_recycling_restores_every_list(
+        ops in proptest::collection::vec(op(), 1..200)
+    ) {
+        let mapping = Mapping::zeroed(128 << 10);
+        let classes = [SizeClass { size: 1024, percent: 40 }, SizeClass { size: 4096, percent: 60 }];
+        let m = buffer::format(mapping.region(), &classes).unwrap();
+        let mut held: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut owned: HashSet<u32> = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Alloc(n) => match m.alloc(n) {
+                    Ok(chain) => {
+                        let slices: Vec<u32> = m.walk_chain(chain.first()).map(|s| s.unwrap().slice).collect();
+                        prop_assert_eq!(slices.len() as u32, chain.count());
+                        let cap: u64 = slices.iter().map(|&s| u64::from(m.data_area(s).unwrap().1)).sum();
+                        prop_assert!(cap >= n);
+                        prop_assert_eq!(cap, chain.capacity());
+                        for &s in &slices {
+                            prop_assert!(owned.insert(s), "slice {} handed out twice", s);
+                        }
+                        held.push((chain.first(), slices));
+                    }
+                    Err(e) => prop_assert_eq!(e, buffer::BufferError::NoMoreBuffer { requested: n }),
+                },
+                Op::Recycle(i) if !held.is_empty() => {
+                    let (first, slices) = held.swap_remove(i % held.len());
+                    prop_assert_eq!(m.recycle_chain(first).unwrap() as usize, slices.len());
+                    for s in slices {
+                        owned.remove(&s);
+                    }
+                }
+                Op::Recycle(_) => {}
+            }
+            let in_use: u32 = m.lists().iter().map(|l| l.capacity() - l.stats().free as u32).sum();
+            prop_assert_eq!(in_use as usize, owned.len());
+        }
+        for (first, _) in held {
+            m.recycle_chain(first).unwrap();
+        }
+        prop_assert!(m.all_free());
+        for list in m.lists() {
+            let visited: HashSet<u32> = list.free_slices().map(Result::unwrap).collect();
+            prop_assert_eq!(visited.len() as u32, list.capacity());
+        }
+    }
+}
