@@ -110,6 +110,7 @@ impl<'a, T> Strided<'a, T> {
 /// # Safety
 ///
 /// Implementors must satisfy the description above; `Region::layout_at` relies on it.
+#[cfg(not(loom))]
 pub(crate) unsafe trait SharedLayout: Sized {}
 
 // SAFETY (all impls below): each type is #[repr(C)], made only of atomics of at most 4-byte

@@ -24,27 +24,48 @@ fn format_reproduces_gos_worked_example_byte_for_byte() {
     // Manager header: u16 list count 3, 2 zero bytes, u32 used length 33,513,580.
     assert_eq!(mapping.bytes_at(0, 8), [3, 0, 0, 0, 0x6c, 0x60, 0xff, 0x01]);
     assert_eq!(mapping.u32_at(4), 33_513_580);
-    for (header, n, size) in [(8usize, 2047u32, 8172u32), (16_769_068, 307, 32_748), (26_828_880, 51, 131_052)] {
+    for (header, n, size) in [
+        (8usize, 2047u32, 8172u32),
+        (16_769_068, 307, 32_748),
+        (26_828_880, 51, 131_052),
+    ] {
         let stride = size + 20;
         let mut want = Vec::new();
         for v in [n, n, 0, (n - 1) * stride, size, 0, 0, 0, 0] {
             want.extend_from_slice(&v.to_le_bytes());
         }
-        assert_eq!(mapping.bytes_at(header, 36), want, "list header at {header}");
+        assert_eq!(
+            mapping.bytes_at(header, 36),
+            want,
+            "list header at {header}"
+        );
         let region = header + 36;
         for i in [0, 1, n - 2, n - 1] {
             let at = region + (i * stride) as usize;
-            let (next, flags) = if i + 1 < n { ((i + 1) * stride, 1u8) } else { (0, 0) };
+            let (next, flags) = if i + 1 < n {
+                ((i + 1) * stride, 1u8)
+            } else {
+                (0, 0)
+            };
             let mut want = Vec::new();
             for v in [size, 0, 0, next] {
                 want.extend_from_slice(&v.to_le_bytes());
             }
             want.extend_from_slice(&[flags, 0, 0, 0]);
-            assert_eq!(mapping.bytes_at(at, 20), want, "slice {i} of list at {header}");
+            assert_eq!(
+                mapping.bytes_at(at, 20),
+                want,
+                "slice {i} of list at {header}"
+            );
         }
     }
     // The unused tail after the lists is untouched.
-    assert!(mapping.bytes_at(8 + 33_513_580, 40_844).iter().all(|&b| b == 0));
+    assert!(
+        mapping
+            .bytes_at(8 + 33_513_580, 40_844)
+            .iter()
+            .all(|&b| b == 0)
+    );
 }
 
 #[test]
@@ -53,10 +74,18 @@ fn format_agrees_with_the_go_made_region_on_every_constant_field() {
     buffer::format(ours.region(), &DEFAULT_SIZE_CLASSES).unwrap();
     let go = Mapping::from_bytes(&gunzip_fixture("buffer.bin.gz"));
     assert_eq!(ours.bytes_at(0, 8), go.bytes_at(0, 8));
-    for (header, n, size) in [(8usize, 2047usize, 8172usize), (16_769_068, 307, 32_748), (26_828_880, 51, 131_052)] {
+    for (header, n, size) in [
+        (8usize, 2047usize, 8172usize),
+        (16_769_068, 307, 32_748),
+        (26_828_880, 51, 131_052),
+    ] {
         // size, cap (full lists in both) and capPerBuffer, counters.
         for field in [0, 4, 16, 20, 24] {
-            assert_eq!(ours.u32_at(header + field), go.u32_at(header + field), "list {header} field {field}");
+            assert_eq!(
+                ours.u32_at(header + field),
+                go.u32_at(header + field),
+                "list {header} field {field}"
+            );
         }
         for i in 0..n {
             let at = header + 36 + i * (size + 20);
@@ -70,18 +99,54 @@ fn format_rejects_configurations_go_would_not_lay_out() {
     let mapping = Mapping::zeroed(1 << 20);
     let bad = |classes: &[SizeClass]| buffer::format(mapping.region(), classes).unwrap_err();
     assert!(matches!(bad(&[]), BufferError::InvalidConfig { .. }));
-    assert!(matches!(bad(&[SizeClass { size: 1022, percent: 100 }]), BufferError::InvalidConfig { .. }));
-    assert!(matches!(bad(&[SizeClass { size: 1024, percent: 90 }]), BufferError::InvalidConfig { .. }));
     assert!(matches!(
-        bad(&[SizeClass { size: 1024, percent: 50 }, SizeClass { size: 1024, percent: 50 }]),
+        bad(&[SizeClass {
+            size: 1022,
+            percent: 100
+        }]),
         BufferError::InvalidConfig { .. }
     ));
-    assert!(matches!(bad(&[SizeClass { size: 2 << 20, percent: 100 }]), BufferError::InvalidConfig { .. }));
+    assert!(matches!(
+        bad(&[SizeClass {
+            size: 1024,
+            percent: 90
+        }]),
+        BufferError::InvalidConfig { .. }
+    ));
+    assert!(matches!(
+        bad(&[
+            SizeClass {
+                size: 1024,
+                percent: 50
+            },
+            SizeClass {
+                size: 1024,
+                percent: 50
+            }
+        ]),
+        BufferError::InvalidConfig { .. }
+    ));
+    assert!(matches!(
+        bad(&[SizeClass {
+            size: 2 << 20,
+            percent: 100
+        }]),
+        BufferError::InvalidConfig { .. }
+    ));
 }
 
 fn small_manager(mapping: &Mapping) -> buffer::BufferManager<'_> {
     // 64 KiB: 1 KiB slices at 50 %, 4 KiB slices at 50 %.
-    let classes = [SizeClass { size: 4096, percent: 50 }, SizeClass { size: 1024, percent: 50 }];
+    let classes = [
+        SizeClass {
+            size: 4096,
+            percent: 50,
+        },
+        SizeClass {
+            size: 1024,
+            percent: 50,
+        },
+    ];
     buffer::format(mapping.region(), &classes).unwrap()
 }
 
@@ -134,8 +199,14 @@ fn large_alloc_chains_slices_from_the_largest_list_down_and_recycles_fully() {
     let segments: Vec<_> = m.walk_chain(chain.first()).map(Result::unwrap).collect();
     assert_eq!(segments.len() as u32, chain.count());
     assert_eq!(segments.last().unwrap().slice, chain.last());
-    let sizes: Vec<u32> = segments.iter().map(|s| m.data_area(s.slice).unwrap().1).collect();
-    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "largest first: {sizes:?}");
+    let sizes: Vec<u32> = segments
+        .iter()
+        .map(|s| m.data_area(s.slice).unwrap().1)
+        .collect();
+    assert!(
+        sizes.windows(2).all(|w| w[0] >= w[1]),
+        "largest first: {sizes:?}"
+    );
     assert_eq!(m.recycle_chain(chain.first()).unwrap(), chain.count());
     assert!(m.all_free());
     assert_eq!(m.in_use_bytes(), 0);
@@ -157,9 +228,27 @@ fn recycling_a_free_slice_or_a_non_slice_offset_is_refused() {
     let m = small_manager(&mapping);
     let c = m.alloc(10).unwrap();
     m.recycle(c.first()).unwrap();
-    assert_eq!(m.recycle(c.first()), Err(BufferError::BadSlice { offset: c.first(), fault: SliceFault::NotInUse }));
-    assert_eq!(m.recycle(c.first() + 4), Err(BufferError::BadSlice { offset: c.first() + 4, fault: SliceFault::NotASlice }));
-    assert_eq!(m.recycle(0), Err(BufferError::BadSlice { offset: 0, fault: SliceFault::NotASlice }));
+    assert_eq!(
+        m.recycle(c.first()),
+        Err(BufferError::BadSlice {
+            offset: c.first(),
+            fault: SliceFault::NotInUse
+        })
+    );
+    assert_eq!(
+        m.recycle(c.first() + 4),
+        Err(BufferError::BadSlice {
+            offset: c.first() + 4,
+            fault: SliceFault::NotASlice
+        })
+    );
+    assert_eq!(
+        m.recycle(0),
+        Err(BufferError::BadSlice {
+            offset: 0,
+            fault: SliceFault::NotASlice
+        })
+    );
     assert!(m.all_free());
 }
 
@@ -219,7 +308,10 @@ fn attach_rejects_corrupted_headers_naming_the_field() {
     assert_eq!(field_of(&m), "size");
     let m = fresh();
     m.poke(4, &u32::MAX.to_le_bytes());
-    assert!(matches!(buffer::attach(m.region(), Role::Mapper), Err(BufferError::RegionTooSmall { .. })));
+    assert!(matches!(
+        buffer::attach(m.region(), Role::Mapper),
+        Err(BufferError::RegionTooSmall { .. })
+    ));
 }
 
 /// Builds a chain of `n` small slices with lengths set, as a sender would.
@@ -244,7 +336,13 @@ fn hostile_chain_with_a_cycle_ends_in_an_error_not_a_hang() {
     m.link(chain[2], chain[0]).unwrap(); // last points back to first
     let results: Vec<_> = m.walk_chain(chain[0]).collect();
     assert!(results.len() as u32 <= m.total_slices() + 1);
-    assert!(matches!(results.last(), Some(Err(BufferError::BadSlice { fault: SliceFault::ChainTooLong, .. }))));
+    assert!(matches!(
+        results.last(),
+        Some(Err(BufferError::BadSlice {
+            fault: SliceFault::ChainTooLong,
+            ..
+        }))
+    ));
     assert!(results[..results.len() - 1].iter().all(Result::is_ok));
 }
 
@@ -259,7 +357,14 @@ fn hostile_chain_into_the_middle_of_a_slice_or_out_of_range_is_rejected() {
         let results: Vec<_> = m.walk_chain(chain[0]).collect();
         assert_eq!(results.len(), 2);
         assert!(results[0].is_ok());
-        assert_eq!(results[1], Err(BufferError::BadSlice { offset: target, fault: SliceFault::NotASlice }), "target {target}");
+        assert_eq!(
+            results[1],
+            Err(BufferError::BadSlice {
+                offset: target,
+                fault: SliceFault::NotASlice
+            }),
+            "target {target}"
+        );
     }
 }
 
@@ -271,15 +376,36 @@ fn hostile_chain_with_absurd_length_or_foreign_cap_is_rejected() {
     let at = chain[0] as usize;
     mapping.poke(at + 4, &u32::MAX.to_le_bytes()); // len
     let err = m.walk_chain(chain[0]).next().unwrap().unwrap_err();
-    assert!(matches!(err, BufferError::BadSlice { fault: SliceFault::BadLength { .. }, .. }));
+    assert!(matches!(
+        err,
+        BufferError::BadSlice {
+            fault: SliceFault::BadLength { .. },
+            ..
+        }
+    ));
     mapping.poke(at + 4, &10u32.to_le_bytes());
     mapping.poke(at + 8, &1020u32.to_le_bytes()); // start: 1020 + 10 > 1024
     let err = m.walk_chain(chain[0]).next().unwrap().unwrap_err();
-    assert_eq!(err, BufferError::BadSlice { offset: chain[0], fault: SliceFault::BadLength { start: 1020, len: 10 } });
+    assert_eq!(
+        err,
+        BufferError::BadSlice {
+            offset: chain[0],
+            fault: SliceFault::BadLength {
+                start: 1020,
+                len: 10
+            }
+        }
+    );
     mapping.poke(at + 8, &0u32.to_le_bytes());
     mapping.poke(at, &4096u32.to_le_bytes()); // cap of a bigger list
     let err = m.walk_chain(chain[0]).next().unwrap().unwrap_err();
-    assert_eq!(err, BufferError::BadSlice { offset: chain[0], fault: SliceFault::CapMismatch { cap: 4096 } });
+    assert_eq!(
+        err,
+        BufferError::BadSlice {
+            offset: chain[0],
+            fault: SliceFault::CapMismatch { cap: 4096 }
+        }
+    );
 }
 
 #[test]
@@ -293,8 +419,17 @@ fn a_received_chain_is_read_and_recycled_exactly_once() {
     assert!(seen.iter().all(|s| s.len == 10 && s.data == s.slice + 20));
     assert_eq!(receiver.recycle_chain(chain[0]).unwrap(), 4);
     // A replayed element naming the same chain is now refused: the slices are free.
-    assert!(matches!(receiver.recycle_chain(chain[0]), Err(BufferError::BadSlice { fault: SliceFault::NotInUse, .. })));
+    assert!(matches!(
+        receiver.recycle_chain(chain[0]),
+        Err(BufferError::BadSlice {
+            fault: SliceFault::NotInUse,
+            ..
+        })
+    ));
     assert!(receiver.all_free());
-    let free: HashSet<u32> = receiver.lists()[0].free_slices().map(Result::unwrap).collect();
+    let free: HashSet<u32> = receiver.lists()[0]
+        .free_slices()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(free.len() as u32, receiver.lists()[0].capacity());
 }

@@ -27,7 +27,16 @@ fn go_buffer_region_attaches_with_the_documented_lists() {
     for (list, &(header, free, cap, head, tail, size)) in manager.lists().iter().zip(&expected) {
         let stats = list.stats();
         assert_eq!(list.base(), header + 36);
-        assert_eq!((stats.free, stats.cap, stats.head, stats.tail, stats.slice_size), (free, cap, head, tail, size));
+        assert_eq!(
+            (
+                stats.free,
+                stats.cap,
+                stats.head,
+                stats.tail,
+                stats.slice_size
+            ),
+            (free, cap, head, tail, size)
+        );
         assert_eq!((stats.counter_creator, stats.counter_mapper), (0, 0));
     }
     assert!(manager.all_free());
@@ -44,12 +53,21 @@ fn walking_each_go_free_list_visits_every_slice_once_from_head_to_tail() {
         let stats = list.stats();
         let visited: Vec<u32> = list.free_slices().map(Result::unwrap).collect();
         let unique: HashSet<u32> = visited.iter().copied().collect();
-        assert_eq!(visited.len(), stats.cap as usize, "every slice of list {}", list.slice_size());
+        assert_eq!(
+            visited.len(),
+            stats.cap as usize,
+            "every slice of list {}",
+            list.slice_size()
+        );
         assert_eq!(unique.len(), visited.len(), "no slice visited twice");
         assert_eq!(visited.first(), Some(&stats.head));
         assert_eq!(visited.last(), Some(&stats.tail));
         let stride = list.slice_size() + 20;
-        assert!(visited.iter().all(|rel| rel % stride == 0 && rel / stride < stats.cap));
+        assert!(
+            visited
+                .iter()
+                .all(|rel| rel % stride == 0 && rel / stride < stats.cap)
+        );
     }
 }
 
@@ -60,9 +78,18 @@ fn go_request_offsets_point_at_slices_that_were_released() {
     let mapping = Mapping::from_bytes(&gunzip_fixture("buffer.bin.gz"));
     let manager = buffer::attach(mapping.region(), Role::Mapper).unwrap();
     for offset in [44u32, 16_428, 32_812, 65_580, 8236, 24_620, 49_196, 73_772] {
-        assert!(manager.slice_at(offset).is_ok(), "{offset} is a slice boundary");
+        assert!(
+            manager.slice_at(offset).is_ok(),
+            "{offset} is a slice boundary"
+        );
         let err = manager.walk_chain(offset).next().unwrap().unwrap_err();
-        assert_eq!(err, BufferError::BadSlice { offset, fault: SliceFault::NotInUse });
+        assert_eq!(
+            err,
+            BufferError::BadSlice {
+                offset,
+                fault: SliceFault::NotInUse
+            }
+        );
     }
 }
 
@@ -77,11 +104,33 @@ fn go_queue_region_decodes_to_the_recorded_elements() {
     let to_server = [(2, 44, 0), (2, 16_428, 0), (2, 32_812, 0), (2, 65_580, 0)];
     let to_client = [(2, 8236, 0), (2, 24_620, 0), (2, 49_196, 0), (2, 73_772, 0)];
     for (queue, expected) in [(server.recv, to_server), (server.send, to_client)] {
-        assert_eq!(queue.stats(), QueueStats { cap: 8192, head: 4, tail: 4, working: 0 });
+        assert_eq!(
+            queue.stats(),
+            QueueStats {
+                cap: 8192,
+                head: 4,
+                tail: 4,
+                working: 0
+            }
+        );
         for (i, &(stream_id, offset, status)) in expected.iter().enumerate() {
-            assert_eq!(queue.slot_value(i as u32), Some(Element { stream_id, offset, status }));
+            assert_eq!(
+                queue.slot_value(i as u32),
+                Some(Element {
+                    stream_id,
+                    offset,
+                    status
+                })
+            );
         }
-        assert_eq!(queue.slot_value(4), Some(Element { stream_id: 0, offset: 0, status: 0 }));
+        assert_eq!(
+            queue.slot_value(4),
+            Some(Element {
+                stream_id: 0,
+                offset: 0,
+                status: 0
+            })
+        );
         assert_eq!(queue.len().unwrap(), 0);
     }
     // The client sees the same two queues the other way round.
@@ -95,12 +144,19 @@ fn recorded_frames() -> Vec<(String, Vec<u8>)> {
     let mut frames = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let Some(dir @ ("C->S" | "S->C")) = words.next() else { continue };
-        let hex: String = words.take_while(|w| w.chars().all(|c| c.is_ascii_hexdigit())).collect();
+        let Some(dir @ ("C->S" | "S->C")) = words.next() else {
+            continue;
+        };
+        let hex: String = words
+            .take_while(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
         if hex.is_empty() {
             continue; // the sendmsg line: one 0x00 byte plus SCM_RIGHTS, not a frame
         }
-        let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
         frames.push((dir.to_owned(), bytes));
     }
     frames
@@ -108,7 +164,10 @@ fn recorded_frames() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn go_v3_memfd_session_frames_decode_and_reencode_byte_for_byte() {
-    let paths = Paths { queue: b"/dev/shm/goclient_25559_queue_0", buffer: b"/dev/shm/goclient_25559_buffer" };
+    let paths = Paths {
+        queue: b"/dev/shm/goclient_25559_queue_0",
+        buffer: b"/dev/shm/goclient_25559_buffer",
+    };
     let mut expected = vec![
         ("C->S", Message::ExchangeProtoVersion),
         ("S->C", Message::ExchangeProtoVersion),
@@ -126,7 +185,9 @@ fn go_v3_memfd_session_frames_decode_and_reencode_byte_for_byte() {
     assert_eq!(recorded.len(), expected.len());
     for ((dir, bytes), (want_dir, want)) in recorded.iter().zip(&expected) {
         assert_eq!(dir, want_dir);
-        let Decoded::Frame(frame, used) = Frame::decode(bytes).unwrap() else { panic!("incomplete") };
+        let Decoded::Frame(frame, used) = Frame::decode(bytes).unwrap() else {
+            panic!("incomplete")
+        };
         assert_eq!(used, bytes.len());
         assert_eq!(frame, Frame::new(3, *want));
         let mut out = vec![0u8; frame.encoded_len()];

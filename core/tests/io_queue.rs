@@ -38,7 +38,10 @@ fn a_full_queue_refuses_the_push_and_keeps_every_element() {
     for i in 0..16 {
         let _ = producer.push(data(2, i)).unwrap();
     }
-    assert_eq!(producer.push(data(2, 99)), Err(QueueError::Full { cap: 16 }));
+    assert_eq!(
+        producer.push(data(2, 99)),
+        Err(QueueError::Full { cap: 16 })
+    );
     for i in 0..16 {
         assert_eq!(consumer.pop().unwrap(), Some(data(2, i)));
     }
@@ -63,7 +66,10 @@ fn only_the_idle_to_busy_edge_asks_for_a_notify() {
     assert_eq!(consumer.finish_drain().unwrap(), Drain::Idle);
     assert_eq!(pair.send.stats().working, 0);
     assert_eq!(producer.push(Element::close(2)).unwrap(), Wake::NotifyPeer);
-    assert_eq!(consumer.pop().unwrap().map(|e| e.state()), Some(queue::STATUS_CLOSED));
+    assert_eq!(
+        consumer.pop().unwrap().map(|e| e.state()),
+        Some(queue::STATUS_CLOSED)
+    );
 }
 
 #[test]
@@ -80,7 +86,10 @@ fn client_and_server_see_the_two_halves_crosswise() {
     assert_eq!(server_rx.pop().unwrap(), Some(data(2, 44)));
     assert_eq!(client_rx.pop().unwrap(), Some(data(2, 8236)));
     // The element bytes are native-endian (stream id, offset, status) after the 24-byte header.
-    assert_eq!(mapping.bytes_at(24, 12), [2, 0, 0, 0, 44, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        mapping.bytes_at(24, 12),
+        [2, 0, 0, 0, 44, 0, 0, 0, 0, 0, 0, 0]
+    );
     // amd64 header: cap at 0, head at 4, tail at 12, flag at 20.
     #[cfg(target_arch = "x86_64")]
     {
@@ -102,21 +111,48 @@ fn attach_rejects_corrupted_headers_naming_the_field() {
     let attach = |m: &Mapping| queue::attach_region(m.region(), Side::Server).unwrap_err();
     let m = fresh();
     m.poke(0, &0u32.to_le_bytes());
-    assert_eq!(attach(&m), QueueError::Corrupted { field: "cap", value: 0 });
+    assert_eq!(
+        attach(&m),
+        QueueError::Corrupted {
+            field: "cap",
+            value: 0
+        }
+    );
     let m = fresh();
     m.poke(0, &17u32.to_le_bytes());
     assert!(matches!(attach(&m), QueueError::RegionTooSmall { .. }));
     let m = fresh();
     m.poke(4, &5i64.to_le_bytes()); // head 5 > tail 0
-    assert_eq!(attach(&m), QueueError::Corrupted { field: "head/tail", value: -5 });
+    assert_eq!(
+        attach(&m),
+        QueueError::Corrupted {
+            field: "head/tail",
+            value: -5
+        }
+    );
     let m = fresh();
     m.poke(4, &(-1i64).to_le_bytes());
-    assert_eq!(attach(&m), QueueError::Corrupted { field: "head", value: -1 });
+    assert_eq!(
+        attach(&m),
+        QueueError::Corrupted {
+            field: "head",
+            value: -1
+        }
+    );
     let m = fresh();
     m.poke(20, &7u32.to_le_bytes());
-    assert_eq!(attach(&m), QueueError::Corrupted { field: "working flag", value: 7 });
+    assert_eq!(
+        attach(&m),
+        QueueError::Corrupted {
+            field: "working flag",
+            value: 7
+        }
+    );
     let odd = Mapping::zeroed(queue::region_size(16) - 4);
-    assert!(matches!(queue::attach_region(odd.region(), Side::Server), Err(QueueError::Misaligned { .. })));
+    assert!(matches!(
+        queue::attach_region(odd.region(), Side::Server),
+        Err(QueueError::Misaligned { .. })
+    ));
 }
 
 #[test]
@@ -126,9 +162,18 @@ fn a_peer_that_corrupts_the_tail_gets_an_error_and_nothing_is_consumed() {
     let (producer, mut consumer) = pair.send.split();
     let _ = producer.push(data(2, 1)).unwrap();
     mapping.poke(12, &1000i64.to_le_bytes());
-    assert_eq!(consumer.pop(), Err(QueueError::Corrupted { field: "head/tail", value: 1000 }));
+    assert_eq!(
+        consumer.pop(),
+        Err(QueueError::Corrupted {
+            field: "head/tail",
+            value: 1000
+        })
+    );
     assert_eq!(pair.send.stats().head, 0);
-    assert!(matches!(producer.push(data(2, 2)), Err(QueueError::Corrupted { .. })));
+    assert!(matches!(
+        producer.push(data(2, 2)),
+        Err(QueueError::Corrupted { .. })
+    ));
 }
 
 #[test]
@@ -140,7 +185,10 @@ fn capacities_whose_counters_straddle_a_cache_line_are_refused_on_x86() {
         assert!(!queue::capacity_is_safe(8)); // cap = 8 (mod 16): head straddles
         assert!(!queue::capacity_is_safe(18)); // cap = 2 (mod 16): tail straddles
         let m = Mapping::zeroed(queue::region_size(8));
-        assert_eq!(queue::format_region(m.region(), 8).unwrap_err(), QueueError::CounterStraddlesCacheLine { cap: 8 });
+        assert_eq!(
+            queue::format_region(m.region(), 8).unwrap_err(),
+            QueueError::CounterStraddlesCacheLine { cap: 8 }
+        );
     }
     assert!(!queue::capacity_is_safe(0));
 }

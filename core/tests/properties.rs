@@ -28,11 +28,21 @@ enum Spec {
 impl Spec {
     fn message(&self) -> Message<'_> {
         match self {
-            Spec::FilePath(q, b) => Message::ShareMemoryByFilePath(Paths { queue: q, buffer: b }),
-            Spec::Memfd(q, b) => Message::ShareMemoryByMemfd(Paths { queue: q, buffer: b }),
+            Spec::FilePath(q, b) => Message::ShareMemoryByFilePath(Paths {
+                queue: q,
+                buffer: b,
+            }),
+            Spec::Memfd(q, b) => Message::ShareMemoryByMemfd(Paths {
+                queue: q,
+                buffer: b,
+            }),
             Spec::Polling => Message::Polling,
             Spec::StreamClose(id) => Message::StreamClose { stream_id: *id },
-            Spec::Fallback(id, status, data) => Message::FallbackData { stream_id: *id, status: *status, data },
+            Spec::Fallback(id, status, data) => Message::FallbackData {
+                stream_id: *id,
+                status: *status,
+                data,
+            },
             Spec::Exchange => Message::ExchangeProtoVersion,
             Spec::AckShare => Message::AckShareMemory,
             Spec::AckReady => Message::AckReadyRecvFd,
@@ -49,7 +59,11 @@ fn spec() -> impl Strategy<Value = Spec> {
         (path(), path()).prop_map(|(q, b)| Spec::Memfd(q, b)),
         Just(Spec::Polling),
         any::<u32>().prop_map(Spec::StreamClose),
-        (any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2000))
+        (
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..2000)
+        )
             .prop_map(|(i, s, d)| Spec::Fallback(i, s, d)),
         Just(Spec::Exchange),
         Just(Spec::AckShare),
@@ -144,16 +158,31 @@ proptest! {
 #[test]
 fn polling_with_a_length_other_than_8_is_rejected() {
     let wire = [0, 0, 0, 9, 0x77, 0x58, 3, 1, 0];
-    assert!(matches!(Frame::decode(&wire), Err(FrameError::BadLength { length: 9, .. })));
+    assert!(matches!(
+        Frame::decode(&wire),
+        Err(FrameError::BadLength { length: 9, .. })
+    ));
     let wire = [0, 0, 0, 8, 0x77, 0x58, 0, 1];
-    assert_eq!(Frame::decode(&wire), Err(FrameError::BadVersion { found: 0 }));
+    assert_eq!(
+        Frame::decode(&wire),
+        Err(FrameError::BadVersion { found: 0 })
+    );
     let wire = [0, 0, 0, 8, 0x77, 0x59, 3, 1];
-    assert_eq!(Frame::decode(&wire), Err(FrameError::BadMagic { found: 0x7759 }));
+    assert_eq!(
+        Frame::decode(&wire),
+        Err(FrameError::BadMagic { found: 0x7759 })
+    );
     let wire = [0, 0, 0, 8, 0x77, 0x58, 3, 10];
-    assert_eq!(Frame::decode(&wire), Err(FrameError::UnknownType { found: 10 }));
+    assert_eq!(
+        Frame::decode(&wire),
+        Err(FrameError::UnknownType { found: 10 })
+    );
     // Path lengths that overrun the frame.
     let wire = [0, 0, 0, 12, 0x77, 0x58, 3, 0, 0, 5, 0, 0];
-    assert_eq!(Frame::decode(&wire), Err(FrameError::BadPaths { length: 12 }));
+    assert_eq!(
+        Frame::decode(&wire),
+        Err(FrameError::BadPaths { length: 12 })
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +192,10 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![(0u64..20_000).prop_map(Op::Alloc), any::<usize>().prop_map(Op::Recycle)]
+    prop_oneof![
+        (0u64..20_000).prop_map(Op::Alloc),
+        any::<usize>().prop_map(Op::Recycle)
+    ]
 }
 
 proptest! {

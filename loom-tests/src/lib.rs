@@ -1,1 +1,20 @@
-//! placeholder
+//! Loom models of every lock-free algorithm in `shmlink-core`.
+//!
+//! The models live in `tests/` and compile only under `--cfg loom`, where core's `sync`
+//! facade swaps in loom's atomics, mutex and fences. Run them with
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
+//!     cargo test -p shmlink-loom-tests --release --target-dir target/loom
+//! ```
+//!
+//! - `tests/queue.rs`: IO queue order and content, the working-flag handshake (no lost
+//!   wake-up), two producers through the process-local lock.
+//! - `tests/buffer.rs`: free-list pop/push from threads standing for both processes, and
+//!   (ignored, documented) the ABA window of the compat free list.
+
+/// Leaks `value` for the rest of the model iteration. Models borrow queue and list memory
+/// for `'static` so that threads can share it; a few bytes per iteration is fine.
+pub fn leak<T>(value: T) -> &'static T {
+    Box::leak(Box::new(value))
+}

@@ -150,6 +150,7 @@ mod imp {
         }
 
         /// Stores `value`. Used when formatting a region nobody else maps yet.
+        #[cfg_attr(loom, allow(dead_code))]
         #[inline]
         pub(crate) fn store(&self, value: i64) {
             // SYNC: formatting precedes sharing; the handshake orders it for the peer.

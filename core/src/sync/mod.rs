@@ -12,9 +12,109 @@ mod counter;
 pub(crate) use counter::SharedCounter;
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicI32, AtomicU8, AtomicU16, AtomicU32, Ordering, fence};
+use core::sync::atomic as imp;
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicI32, AtomicU8, AtomicU16, AtomicU32, Ordering, fence};
+use loom::sync::atomic as imp;
+
+pub(crate) use imp::Ordering;
+
+/// A memory fence (`core::sync::atomic::fence`, or loom's under `--cfg loom`).
+#[inline]
+pub(crate) fn fence(order: Ordering) {
+    imp::fence(order);
+}
+
+/// Defines a `#[repr(transparent)]` wrapper around an atomic integer, so that the rest of
+/// the crate names only this facade (clippy's `disallowed-types` sees through re-exports,
+/// not through wrappers) and loom can replace the inner type.
+macro_rules! atomic_int {
+    ($(#[$doc:meta])* $name:ident, $int:ty) => {
+        $(#[$doc])*
+        #[repr(transparent)]
+        #[derive(Default)]
+        pub(crate) struct $name(imp::$name);
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                // SYNC: diagnostics only.
+                core::fmt::Debug::fmt(&self.0.load(Ordering::Relaxed), f)
+            }
+        }
+
+        #[allow(dead_code)]
+        impl $name {
+            /// A new atomic holding `value`.
+            #[cfg(not(loom))]
+            pub(crate) const fn new(value: $int) -> Self {
+                Self(imp::$name::new(value))
+            }
+
+            /// A new atomic holding `value`.
+            #[cfg(loom)]
+            pub(crate) fn new(value: $int) -> Self {
+                Self(imp::$name::new(value))
+            }
+
+            #[inline]
+            pub(crate) fn load(&self, order: Ordering) -> $int {
+                self.0.load(order)
+            }
+
+            #[inline]
+            pub(crate) fn store(&self, value: $int, order: Ordering) {
+                self.0.store(value, order)
+            }
+
+            #[inline]
+            pub(crate) fn swap(&self, value: $int, order: Ordering) -> $int {
+                self.0.swap(value, order)
+            }
+
+            #[inline]
+            pub(crate) fn compare_exchange(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int> {
+                self.0.compare_exchange(current, new, success, failure)
+            }
+
+            #[inline]
+            pub(crate) fn fetch_add(&self, value: $int, order: Ordering) -> $int {
+                self.0.fetch_add(value, order)
+            }
+
+            #[inline]
+            pub(crate) fn fetch_sub(&self, value: $int, order: Ordering) -> $int {
+                self.0.fetch_sub(value, order)
+            }
+
+            #[inline]
+            pub(crate) fn fetch_or(&self, value: $int, order: Ordering) -> $int {
+                self.0.fetch_or(value, order)
+            }
+        }
+    };
+}
+
+atomic_int!(
+    /// An atomic `u8` in shared memory (the slice flags byte).
+    AtomicU8, u8
+);
+atomic_int!(
+    /// An atomic `u16` in shared memory (the buffer manager's list count).
+    AtomicU16, u16
+);
+atomic_int!(
+    /// An atomic `u32` in shared memory.
+    AtomicU32, u32
+);
+atomic_int!(
+    /// An atomic `i32` in shared memory (list sizes and counters).
+    AtomicI32, i32
+);
 
 /// The process-local lock that serialises producers of one IO queue.
 ///

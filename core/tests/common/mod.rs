@@ -20,7 +20,10 @@ impl Mapping {
         let layout = Layout::from_size_align(len.max(1), 4096).unwrap();
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
-        Self { ptr: NonNull::new(ptr).expect("allocation failed"), layout }
+        Self {
+            ptr: NonNull::new(ptr).expect("allocation failed"),
+            layout,
+        }
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Self {
@@ -53,7 +56,11 @@ impl Mapping {
         assert!(offset + bytes.len() <= self.len());
         // SAFETY: in bounds (checked); single-threaded use.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset), bytes.len())
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset),
+                bytes.len(),
+            )
         };
     }
 
@@ -66,7 +73,9 @@ impl Mapping {
         assert!(offset + len <= self.len());
         let mut out = vec![0u8; len];
         // SAFETY: in bounds (checked); single-threaded use.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), len)
+        };
         out
     }
 }
@@ -79,12 +88,16 @@ impl Drop for Mapping {
 }
 
 pub fn fixture_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn gunzip_fixture(name: &str) -> Vec<u8> {
     let file = std::fs::File::open(fixture_path(name)).unwrap();
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(file).read_to_end(&mut out).unwrap();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
