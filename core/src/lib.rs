@@ -9,6 +9,7 @@
 //! - [`buffer`] and [`slice`]: the shared allocator both processes pop slices from and recycle
 //!   slices to, and the validated walk of a received message chain.
 //! - [`frame`]: the control messages on the socket, with an incremental decoder.
+//! - [`handshake`] (`alloc`): the V2/V3 connection handshake as sans-IO state machines.
 //! - [`region`]: a borrowed view of a mapping that backends hand in.
 //!
 //! Lock-free code uses only the `sync` facade, which becomes loom under `--cfg loom`; the
@@ -30,6 +31,8 @@ compile_error!("shmlink-core supports the shmipc layouts of x86_64 and aarch64 o
 
 pub mod buffer;
 pub mod frame;
+#[cfg(feature = "alloc")]
+pub mod handshake;
 pub mod queue;
 #[allow(unsafe_code)]
 pub mod region;

@@ -138,30 +138,6 @@ fn go_queue_region_decodes_to_the_recorded_elements() {
     assert_eq!(client.recv.slot_value(0), server.send.slot_value(0));
 }
 
-/// The socket messages of go-memfd-v3-client.txt: (direction, bytes).
-fn recorded_frames() -> Vec<(String, Vec<u8>)> {
-    let text = std::fs::read_to_string(common::fixture_path("go-memfd-v3-client.txt")).unwrap();
-    let mut frames = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(dir @ ("C->S" | "S->C")) = words.next() else {
-            continue;
-        };
-        let hex: String = words
-            .take_while(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
-            .collect();
-        if hex.is_empty() {
-            continue; // the sendmsg line: one 0x00 byte plus SCM_RIGHTS, not a frame
-        }
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        frames.push((dir.to_owned(), bytes));
-    }
-    frames
-}
-
 #[test]
 fn go_v3_memfd_session_frames_decode_and_reencode_byte_for_byte() {
     let paths = Paths {
@@ -181,7 +157,7 @@ fn go_v3_memfd_session_frames_decode_and_reencode_byte_for_byte() {
     }
     expected.push(("C->S", Message::Polling));
 
-    let recorded = recorded_frames();
+    let recorded = common::recorded_frames();
     assert_eq!(recorded.len(), expected.len());
     for ((dir, bytes), (want_dir, want)) in recorded.iter().zip(&expected) {
         assert_eq!(dir, want_dir);

@@ -101,3 +101,28 @@ pub fn gunzip_fixture(name: &str) -> Vec<u8> {
         .unwrap();
     out
 }
+
+/// The socket messages of go-memfd-v3-client.txt: (direction, bytes).
+pub fn recorded_frames() -> Vec<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(fixture_path("go-memfd-v3-client.txt")).unwrap();
+    let mut frames = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(dir @ ("C->S" | "S->C")) = words.next() else {
+            continue;
+        };
+        let hex: String = words
+            .take_while(|w| w.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        if hex.is_empty() {
+            continue; // the sendmsg line: one 0x00 byte plus SCM_RIGHTS, not a frame
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        frames.push((dir.to_owned(), bytes));
+    }
+    frames
+}
+
