@@ -1,0 +1,265 @@
+//! Shared-memory regions: creation (memfd or file), mapping, and cleanup on drop.
+//!
+//! A created region is fully backed at creation (`fallocate`), so exhausting tmpfs or a memory
+//! cgroup shows up as [`RegionError::NoSpace`] here rather than as SIGBUS when a page is first
+//! touched. memfds are sealed against shrinking and growing, so nobody can truncate a region
+//! that is still mapped. This module never interprets the bytes; `shmlink-core` does.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use shmlink_core::region::Region;
+
+/// Errors creating, opening or mapping a region.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegionError {
+    /// Not enough memory (tmpfs space, memory cgroup) to back the region.
+    #[error(
+        "not enough memory to back {len} bytes of shared memory for {name:?}: {source}; \
+         lower the buffer capacity or free space in /dev/shm"
+    )]
+    NoSpace {
+        /// The region's name or path.
+        name: String,
+        /// Bytes requested.
+        len: usize,
+        /// The OS error (ENOSPC, ENOMEM).
+        source: io::Error,
+    },
+    /// A file region's path already exists; shared-memory paths are never reused.
+    #[error("shared-memory path {path:?} already exists; refusing to reuse it")]
+    Exists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Any other OS failure, with the call that failed.
+    #[error("{call} failed for shared memory {name:?}: {source}")]
+    Os {
+        /// The system call.
+        call: &'static str,
+        /// The region's name or path.
+        name: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A region from the peer has a size no shmipc region can have.
+    #[error("shared memory {name:?} from the peer has size {len}, which cannot be mapped")]
+    BadSize {
+        /// The region's name or path.
+        name: String,
+        /// Its size.
+        len: u64,
+    },
+}
+
+fn os<'n>(call: &'static str, name: &'n str) -> impl FnOnce(rustix::io::Errno) -> RegionError + 'n {
+    move |e| RegionError::Os { call, name: name.to_owned(), source: e.into() }
+}
+
+/// One mapped shared-memory region. Unmapped on drop; a file region may also be removed.
+#[derive(Debug)]
+pub struct SharedRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+    name: String,
+    remove_on_drop: Option<PathBuf>,
+}
+
+// SAFETY: the mapping is shared memory that other processes write concurrently anyway; it is
+// only accessed through `Region` (atomics and explicit raw-pointer code), never through
+// references that assume exclusivity, so moving or sharing the handle across threads is sound.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above.
+unsafe impl Sync for SharedRegion {}
+
+/// The largest region we map: offsets in shmipc are u32.
+const MAX_REGION: u64 = u32::MAX as u64;
+
+impl SharedRegion {
+    /// Creates a memfd of `len` bytes named `shmipc{name}` (Go's convention), backs it with
+    /// `fallocate`, seals its size and maps it.
+    pub fn create_memfd(name: &str, len: usize) -> Result<Self, RegionError> {
+        let memfd_name = format!("shmipc{name}");
+        let fd = rustix::fs::memfd_create(memfd_name.as_str(), MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(os("memfd_create", name))?;
+        allocate(&fd, name, len)?;
+        // Seal the size: a region that can no longer shrink cannot SIGBUS its mappers.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(os("fcntl(F_ADD_SEALS)", name))?;
+        Self::map(fd, name.to_owned(), len, None)
+    }
+
+    /// Creates the file `path` (exclusively, mode 0600), backs it with `fallocate` and maps
+    /// it. The file is removed when the region is dropped.
+    pub fn create_file(path: &Path, len: usize) -> Result<Self, RegionError> {
+        let name = path.display().to_string();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| RegionError::Os { call: "mkdir", name: name.clone(), source })?;
+        }
+        let fd = rustix::fs::open(
+            path,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST => RegionError::Exists { path: path.to_owned() },
+            e => RegionError::Os { call: "open", name: name.clone(), source: e.into() },
+        })?;
+        if let Err(e) = allocate(&fd, &name, len) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Self::map(fd, name, len, Some(path.to_owned())).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
+    }
+
+    /// Opens and maps a file region the peer created. Its size comes from `fstat`; the caller
+    /// validates the headers against it. The file is removed when the region is dropped (as
+    /// Go does, whichever side closes first).
+    pub fn open_file(path: &Path) -> Result<Self, RegionError> {
+        let name = path.display().to_string();
+        let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(os("open", &name))?;
+        let len = peer_size(&fd, &name)?;
+        Self::map(fd, name, len, Some(path.to_owned()))
+    }
+
+    /// Maps a region received from the peer as an fd (memfd mode).
+    pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Self, RegionError> {
+        let len = peer_size(&fd, name)?;
+        Self::map(fd, name.to_owned(), len, None)
+    }
+
+    fn map(fd: OwnedFd, name: String, len: usize, remove_on_drop: Option<PathBuf>) -> Result<Self, RegionError> {
+        // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (null hint) of `len` bytes of a
+        // regular shared-memory fd; it aliases nothing in this process. `len > 0` (checked by
+        // the callers), and the pointer is owned by the returned value, which unmaps it once.
+        let ptr = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+        }
+        .map_err(os("mmap", &name))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| RegionError::BadSize { name: name.clone(), len: 0 })?;
+        Ok(Self { ptr, len, fd, name, remove_on_drop })
+    }
+
+    /// The mapping as a core [`Region`].
+    pub fn region(&self) -> Region<'_> {
+        // SAFETY: the mapping is live, readable and writable for as long as `self` is borrowed
+        // (it is unmapped only in Drop), and page aligned.
+        unsafe { Region::from_raw(self.ptr, self.len) }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region has no bytes (never true for a mapped region).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The fd backing the region (to pass to the peer in memfd mode).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The name or path the region was created or opened with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether dropping the region removes its file (file regions only).
+    pub fn set_remove_on_drop(&mut self, remove: bool) {
+        if !remove {
+            self.remove_on_drop = None;
+        }
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe the mapping created in `map`, unmapped only here. Every
+        // `Region` borrowed from `self` has ended (they borrow `&self`).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if let Some(path) = self.remove_on_drop.take() {
+            // The peer may have removed it first; that is fine.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn allocate(fd: &OwnedFd, name: &str, len: usize) -> Result<(), RegionError> {
+    if len == 0 || len as u64 > MAX_REGION {
+        return Err(RegionError::BadSize { name: name.to_owned(), len: len as u64 });
+    }
+    rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| match e {
+        rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => {
+            RegionError::NoSpace { name: name.to_owned(), len, source: e.into() }
+        }
+        e => RegionError::Os { call: "fallocate", name: name.to_owned(), source: e.into() },
+    })
+}
+
+fn peer_size(fd: &OwnedFd, name: &str) -> Result<usize, RegionError> {
+    let stat = rustix::fs::fstat(fd).map_err(os("fstat", name))?;
+    let len = stat.st_size as u64;
+    if len == 0 || len > MAX_REGION {
+        return Err(RegionError::BadSize { name: name.to_owned(), len });
+    }
+    Ok(len as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_region_is_zeroed_sealed_and_the_size_we_asked_for() {
+        let r = SharedRegion::create_memfd("/test/memfd", 1 << 20).unwrap();
+        assert_eq!(r.len(), 1 << 20);
+        let seals = rustix::fs::fcntl_get_seals(r.fd()).unwrap();
+        assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW));
+        assert_eq!(rustix::fs::ftruncate(r.fd(), 4096), Err(rustix::io::Errno::PERM));
+        // A second mapping of the same fd (what the peer does) sees the same bytes.
+        let dup = rustix::io::fcntl_dupfd_cloexec(r.fd(), 0).unwrap();
+        let peer = SharedRegion::from_fd(dup, "/test/memfd").unwrap();
+        assert_eq!(peer.len(), r.len());
+        let p = r.region().bytes_ptr(100, 1).unwrap();
+        // SAFETY: in bounds of a live mapping; single-threaded test.
+        unsafe { p.as_ptr().write(42) };
+        let q = peer.region().bytes_ptr(100, 1).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { q.as_ptr().read() }, 42);
+    }
+
+    #[test]
+    fn file_region_is_exclusive_private_and_removed_on_drop() {
+        let path = std::env::temp_dir().join(crate::name::unique_prefix("shmlink_region_test"));
+        let r = SharedRegion::create_file(&path, 8192).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 8192);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(matches!(SharedRegion::create_file(&path, 8192), Err(RegionError::Exists { .. })));
+        let peer = SharedRegion::open_file(&path).unwrap();
+        assert_eq!(peer.len(), 8192);
+        drop(r);
+        assert!(!path.exists());
+        drop(peer); // removing an already-removed file is fine
+    }
+
+    #[test]
+    fn impossible_sizes_are_refused_before_any_allocation() {
+        assert!(matches!(SharedRegion::create_memfd("/test/zero", 0), Err(RegionError::BadSize { .. })));
+        let too_big = u32::MAX as usize + 1;
+        assert!(matches!(SharedRegion::create_memfd("/test/big", too_big), Err(RegionError::BadSize { .. })));
+    }
+}
