@@ -10,6 +10,8 @@
 //!   slices to, and the validated walk of a received message chain.
 //! - [`frame`]: the control messages on the socket, with an incremental decoder.
 //! - [`handshake`] (`alloc`): the V2/V3 connection handshake as sans-IO state machines.
+//! - [`session`] (`alloc`): stream ids, implicit open, close, fallback routing, the circuit
+//!   breaker and Go's metrics, as a sans-IO state machine.
 //! - [`region`]: a borrowed view of a mapping that backends hand in.
 //!
 //! Lock-free code uses only the `sync` facade, which becomes loom under `--cfg loom`; the
@@ -36,6 +38,8 @@ pub mod handshake;
 pub mod queue;
 #[allow(unsafe_code)]
 pub mod region;
+#[cfg(feature = "alloc")]
+pub mod session;
 pub mod slice;
 #[allow(unsafe_code)]
 mod sync;

@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -68,7 +69,8 @@ pub struct SharedRegion {
     len: usize,
     fd: OwnedFd,
     name: String,
-    remove_on_drop: Option<PathBuf>,
+    path: Option<PathBuf>,
+    remove_on_drop: AtomicBool,
 }
 
 // SAFETY: the mapping is shared memory that other processes write concurrently anyway; it is
@@ -146,7 +148,8 @@ impl SharedRegion {
         }
         .map_err(os("mmap", &name))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| RegionError::BadSize { name: name.clone(), len: 0 })?;
-        Ok(Self { ptr, len, fd, name, remove_on_drop })
+        let remove = remove_on_drop.is_some();
+        Ok(Self { ptr, len, fd, name, path: remove_on_drop, remove_on_drop: AtomicBool::new(remove) })
     }
 
     /// The mapping as a core [`Region`].
@@ -176,11 +179,14 @@ impl SharedRegion {
         &self.name
     }
 
-    /// Whether dropping the region removes its file (file regions only).
-    pub fn set_remove_on_drop(&mut self, remove: bool) {
-        if !remove {
-            self.remove_on_drop = None;
-        }
+    /// Whether dropping the region removes its file (file regions only; default: yes).
+    pub fn set_remove_on_drop(&self, remove: bool) {
+        self.remove_on_drop.store(remove, Ordering::Relaxed);
+    }
+
+    /// The file backing the region, for file regions.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 }
 
@@ -189,7 +195,7 @@ impl Drop for SharedRegion {
         // SAFETY: `ptr`/`len` describe the mapping created in `map`, unmapped only here. Every
         // `Region` borrowed from `self` has ended (they borrow `&self`).
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
-        if let Some(path) = self.remove_on_drop.take() {
+        if let Some(path) = self.path.take().filter(|_| *self.remove_on_drop.get_mut()) {
             // The peer may have removed it first; that is fine.
             let _ = std::fs::remove_file(path);
         }

@@ -677,6 +677,15 @@ impl<'a> BufferManager<'a> {
         Ok(())
     }
 
+    /// Makes the allocated slice at `abs` the last of its chain (clears `HAS_NEXT`), so the
+    /// slices after it can be recycled separately.
+    pub fn end_chain_at(&self, abs: u32) -> Result<(), BufferError> {
+        let (_, header) = self.slice_at(abs)?;
+        // SYNC: the slice is ours; published to the peer by the queue push's release.
+        header.flags.store(SliceFlags::IN_USE.bits(), Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Sets the number of valid bytes of an allocated slice before sending it.
     pub fn set_len(&self, abs: u32, len: u32) -> Result<(), BufferError> {
         let (list, header) = self.slice_at(abs)?;

@@ -1,0 +1,396 @@
+//! The session state machine (PROTOCOL.md 5): stream ids, implicit open, what each queue
+//! element and control frame means, how data leaves (queue or fallback frame), how a stream
+//! closes, the circuit breaker, and Go's metrics. Sans-IO: time comes in as milliseconds,
+//! deliveries go out through a callback, and the caller performs every write.
+//!
+//! A received chain is validated in full (every link checked by
+//! [`BufferManager::walk_chain`]) before any of it is delivered, so a hostile element yields
+//! an error and nothing half-delivered.
+//!
+//! ```
+//! use shmlink_core::queue::Side;
+//! use shmlink_core::session::{Route, Session};
+//!
+//! let mut client = Session::new(Side::Client, 3, 30_000);
+//! let id = client.open_stream(0).unwrap();
+//! assert_eq!(id, 2); // the client's first stream id, as in Go
+//! assert_eq!(client.route(id).unwrap(), Route::Queue);
+//! // After a fallback write the stream stays on the socket, and the session is unhealthy.
+//! client.sent_fallback(id, 5, 1_000);
+//! assert_eq!(client.route(id).unwrap(), Route::Fallback);
+//! assert!(!client.is_healthy(2_000));
+//! assert!(client.is_healthy(31_000));
+//! ```
+
+use alloc::collections::BTreeMap;
+use core::fmt;
+
+use crate::buffer::{BufferError, BufferManager, Segment};
+use crate::frame::{Frame, Message, MessageType};
+use crate::queue::{Element, STATUS_CLOSED, STATUS_OPENED, Side};
+
+/// Go's counters (PROTOCOL.md 8), with Go's names in snake case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Polling frames received.
+    pub receive_sync_event_count: u64,
+    /// Polling frames sent (successful 0->1 flag CASes).
+    pub send_sync_event_count: u64,
+    /// Bytes passed to flush.
+    pub out_flow_bytes: u64,
+    /// Bytes delivered to streams.
+    pub in_flow_bytes: u64,
+    /// The send queue's tail: elements ever enqueued.
+    pub send_queue_count: u64,
+    /// The receive queue's tail: elements ever enqueued by the peer.
+    pub receive_queue_count: u64,
+    /// Writes that could not get shared memory and fell back.
+    pub alloc_shm_error_count: u64,
+    /// Fallback frames sent.
+    pub fallback_write_count: u64,
+    /// Fallback frames received.
+    pub fallback_read_count: u64,
+    /// Socket or protocol errors that ended the session.
+    pub event_conn_error_count: u64,
+    /// Writes refused because the queue stayed full.
+    pub queue_full_error_count: u64,
+    /// Streams in the session's table.
+    pub active_stream_count: u64,
+    /// Hot restarts completed (kept for Go's metric set; hot restart is not implemented).
+    pub hot_restart_success_count: u64,
+    /// Hot restarts failed (kept for Go's metric set).
+    pub hot_restart_error_count: u64,
+}
+
+/// A stream's state (Go's values: 0 opened, 1 closed, 2 half-closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamState {
+    /// Both directions open.
+    Opened,
+    /// The peer closed it; buffered data may still be read, writes fail.
+    HalfClosed,
+}
+
+/// Which channel a flush must take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Shared memory and the IO queue.
+    Queue,
+    /// A FallbackData frame on the socket (sticky once taken, to keep bytes in order).
+    Fallback,
+}
+
+/// What the caller must send to close a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseAction {
+    /// Push this close element (or, if the queue is full, send a StreamClose frame).
+    SendClose(Element),
+    /// Nothing goes on the wire (the peer closed first, or the stream is unknown).
+    Nothing,
+}
+
+/// Something the session hands to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery<'f> {
+    /// The peer opened a stream (server side, implicit open); data for it follows.
+    Opened(u32),
+    /// Bytes in shared memory for a stream: the slice is the receiver's to recycle.
+    Shm {
+        /// The stream.
+        stream_id: u32,
+        /// The slice and its valid bytes.
+        segment: Segment,
+    },
+    /// Bytes that came in a FallbackData frame (borrowed from the frame).
+    Fallback {
+        /// The stream.
+        stream_id: u32,
+        /// The bytes.
+        data: &'f [u8],
+    },
+    /// The peer closed the stream: readers drain what is buffered, then see the end.
+    Closed(u32),
+    /// A slice the session received but nobody wants (unknown or closed stream, empty
+    /// slice): recycle it now.
+    Recycle(u32),
+    /// The peer asked for a hot restart (not implemented; informational).
+    HotRestart {
+        /// The epoch.
+        epoch: u64,
+    },
+}
+
+/// Errors of the session state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The peer sent a message type that has no meaning after the handshake (Go:
+    /// ErrInvalidMsgType); the session must close.
+    InvalidMessage {
+        /// The type received.
+        kind: MessageType,
+    },
+    /// A queue element pointed at an invalid chain; the session must close.
+    BadChain(BufferError),
+    /// Every stream id is in use.
+    StreamsExhausted,
+    /// The circuit breaker is open after a fallback; retry later.
+    Unhealthy,
+    /// The stream is not open for writing.
+    StreamClosed,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidMessage { kind } => write!(f, "peer sent {kind:?} after the handshake"),
+            Self::BadChain(e) => write!(f, "peer sent an invalid buffer chain: {e}"),
+            Self::StreamsExhausted => write!(f, "all stream ids are in use"),
+            Self::Unhealthy => write!(f, "session is unhealthy after a fallback; retry later"),
+            Self::StreamClosed => write!(f, "stream is closed"),
+        }
+    }
+}
+
+impl core::error::Error for SessionError {}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    state: StreamState,
+    fallback: bool,
+}
+
+/// One session's bookkeeping.
+#[derive(Debug)]
+pub struct Session {
+    side: Side,
+    version: u8,
+    last_id: u32,
+    streams: BTreeMap<u32, Entry>,
+    breaker_ms: u64,
+    unhealthy_until_ms: Option<u64>,
+    metrics: Metrics,
+}
+
+impl Session {
+    /// A session for `side` speaking protocol `version`; a fallback makes it unhealthy for
+    /// `breaker_ms` milliseconds (0 disables the breaker).
+    pub fn new(side: Side, version: u8, breaker_ms: u64) -> Self {
+        Self {
+            side,
+            version,
+            // Go: the client's counter starts at 1, the server's at 2; ids are taken after
+            // incrementing, so the client's first stream is 2.
+            last_id: match side {
+                Side::Client => 1,
+                Side::Server => 2,
+            },
+            streams: BTreeMap::new(),
+            breaker_ms,
+            unhealthy_until_ms: None,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The negotiated protocol version (the version byte of every frame we send).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Which side this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The counters, with `active_stream_count` filled in.
+    pub fn metrics(&self) -> Metrics {
+        Metrics { active_stream_count: self.streams.len() as u64, ..self.metrics }
+    }
+
+    /// Mutable counters, for what the caller observes itself (queue counts, errors).
+    pub fn metrics_mut(&mut self) -> &mut Metrics {
+        &mut self.metrics
+    }
+
+    /// Whether the circuit breaker is closed at `now_ms`.
+    pub fn is_healthy(&self, now_ms: u64) -> bool {
+        self.unhealthy_until_ms.is_none_or(|until| now_ms >= until)
+    }
+
+    fn trip_breaker(&mut self, now_ms: u64) {
+        if self.breaker_ms > 0 {
+            self.unhealthy_until_ms = Some(now_ms.saturating_add(self.breaker_ms));
+        }
+    }
+
+    /// A stream's state, if it is in the table.
+    pub fn stream_state(&self, id: u32) -> Option<StreamState> {
+        self.streams.get(&id).map(|e| e.state)
+    }
+
+    /// Opens a stream (nothing goes on the wire: the peer learns of it from the first data).
+    pub fn open_stream(&mut self, now_ms: u64) -> Result<u32, SessionError> {
+        if !self.is_healthy(now_ms) {
+            return Err(SessionError::Unhealthy);
+        }
+        for _ in 0..=self.streams.len() {
+            self.last_id = self.last_id.wrapping_add(1);
+            if self.last_id == 0 {
+                continue;
+            }
+            if !self.streams.contains_key(&self.last_id) {
+                self.streams.insert(self.last_id, Entry { state: StreamState::Opened, fallback: false });
+                return Ok(self.last_id);
+            }
+        }
+        Err(SessionError::StreamsExhausted)
+    }
+
+    /// How the next flush on `id` must travel.
+    pub fn route(&self, id: u32) -> Result<Route, SessionError> {
+        match self.streams.get(&id) {
+            Some(Entry { state: StreamState::Opened, fallback: false }) => Ok(Route::Queue),
+            Some(Entry { state: StreamState::Opened, fallback: true }) => Ok(Route::Fallback),
+            _ => Err(SessionError::StreamClosed),
+        }
+    }
+
+    /// Records `bytes` flushed through the queue.
+    pub fn sent_queue(&mut self, bytes: u64) {
+        self.metrics.out_flow_bytes += bytes;
+        self.metrics.send_queue_count += 1;
+    }
+
+    /// Records a Polling frame sent.
+    pub fn sent_polling(&mut self) {
+        self.metrics.send_sync_event_count += 1;
+    }
+
+    /// Records a fallback frame of `bytes` on `id`: the stream stays on the socket from now on
+    /// and the breaker opens.
+    pub fn sent_fallback(&mut self, id: u32, bytes: u64, now_ms: u64) {
+        if let Some(e) = self.streams.get_mut(&id) {
+            e.fallback = true;
+        }
+        self.metrics.out_flow_bytes += bytes;
+        self.metrics.fallback_write_count += 1;
+        self.trip_breaker(now_ms);
+    }
+
+    /// Closes `id` locally and says what to send. A stream the peer already closed closes
+    /// silently (Go sends nothing from half-closed).
+    pub fn close_stream(&mut self, id: u32) -> CloseAction {
+        match self.streams.remove(&id) {
+            Some(Entry { state: StreamState::Opened, .. }) => CloseAction::SendClose(Element::close(id)),
+            _ => CloseAction::Nothing,
+        }
+    }
+
+    /// Forgets every stream (the session is shutting down; nothing is sent).
+    pub fn clear(&mut self) {
+        self.streams.clear();
+    }
+
+    /// Interprets one element popped from the receive queue.
+    pub fn on_element<'f>(
+        &mut self,
+        element: Element,
+        buffers: &BufferManager<'_>,
+        deliver: &mut impl FnMut(Delivery<'f>),
+    ) -> Result<(), SessionError> {
+        self.metrics.receive_queue_count += 1;
+        match element.state() {
+            STATUS_OPENED => {
+                // Validate the whole chain before delivering any of it.
+                for segment in buffers.walk_chain(element.offset) {
+                    segment.map_err(SessionError::BadChain)?;
+                }
+                let wanted = self.accept_data(element.stream_id, deliver);
+                for segment in buffers.walk_chain(element.offset) {
+                    let segment = segment.map_err(SessionError::BadChain)?;
+                    if wanted && segment.len > 0 {
+                        self.metrics.in_flow_bytes += u64::from(segment.len);
+                        deliver(Delivery::Shm { stream_id: element.stream_id, segment });
+                    } else {
+                        deliver(Delivery::Recycle(segment.slice));
+                    }
+                }
+                Ok(())
+            }
+            STATUS_CLOSED => {
+                self.peer_closed(element.stream_id, deliver);
+                Ok(())
+            }
+            // Half-closed (2) is never sent; other values are not states. Go ignores them.
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether data for `id` is wanted; opens it implicitly on the server.
+    fn accept_data<'f>(&mut self, id: u32, deliver: &mut impl FnMut(Delivery<'f>)) -> bool {
+        match self.streams.get(&id) {
+            Some(Entry { state: StreamState::Opened, .. }) => true,
+            // Data after the peer's own close: Go delivers to the pending list but nobody reads
+            // a half-closed stream past its end; recycle.
+            Some(Entry { state: StreamState::HalfClosed, .. }) => false,
+            None if self.side == Side::Server && id != 0 => {
+                self.streams.insert(id, Entry { state: StreamState::Opened, fallback: false });
+                deliver(Delivery::Opened(id));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn peer_closed<'f>(&mut self, id: u32, deliver: &mut impl FnMut(Delivery<'f>)) {
+        if let Some(e) = self.streams.get_mut(&id) {
+            if e.state == StreamState::Opened {
+                e.state = StreamState::HalfClosed;
+                deliver(Delivery::Closed(id));
+            }
+        }
+    }
+
+    /// Interprets one control frame received after the handshake. Polling only counts here:
+    /// the caller drains the receive queue.
+    pub fn on_frame<'f>(
+        &mut self,
+        frame: &Frame<'f>,
+        now_ms: u64,
+        deliver: &mut impl FnMut(Delivery<'f>),
+    ) -> Result<(), SessionError> {
+        match frame.message {
+            Message::Polling => {
+                self.metrics.receive_sync_event_count += 1;
+                Ok(())
+            }
+            Message::StreamClose { stream_id } => {
+                self.peer_closed(stream_id, deliver);
+                Ok(())
+            }
+            Message::FallbackData { stream_id, status, data } => {
+                self.metrics.fallback_read_count += 1;
+                self.trip_breaker(now_ms);
+                if (status & 0xff) as u8 != STATUS_OPENED {
+                    return Ok(());
+                }
+                if self.accept_data(stream_id, deliver) {
+                    // Go: the receiving stream switches to fallback too, so replies stay in
+                    // order with what the peer sent.
+                    if let Some(e) = self.streams.get_mut(&stream_id) {
+                        e.fallback = true;
+                    }
+                    self.metrics.in_flow_bytes += data.len() as u64;
+                    deliver(Delivery::Fallback { stream_id, data });
+                }
+                Ok(())
+            }
+            Message::HotRestart { epoch } => {
+                deliver(Delivery::HotRestart { epoch });
+                Ok(())
+            }
+            Message::HotRestartAck { .. } => Ok(()),
+            other => Err(SessionError::InvalidMessage { kind: other.kind() }),
+        }
+    }
+}

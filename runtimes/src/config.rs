@@ -1,0 +1,72 @@
+//! Session configuration, with shmipc-go's defaults (PROTOCOL.md 7).
+
+use std::time::Duration;
+
+use shmlink_core::buffer::{self, DEFAULT_SIZE_CLASSES, SizeClass};
+use shmlink_core::queue;
+
+use crate::Error;
+
+pub use shmlink_core::handshake::MemMode;
+
+/// How a client creates and shares its memory. The server follows whatever the client does.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// memfd (default, needs a unix socket) or files under `path_prefix`'s directory.
+    pub mem_mode: MemMode,
+    /// Elements per IO queue (default 8192). Must be a multiple of 16 (PROTOCOL.md 3.6).
+    pub queue_cap: u32,
+    /// Bytes of the buffer region (default 32 MiB, at least 1 MiB).
+    pub buffer_capacity: usize,
+    /// Slice sizes and their share of the buffer region (default: Go's 8 / 32 / 128 KiB).
+    pub size_classes: Vec<SizeClass>,
+    /// Prefix of region names; the client adds its pid and a random part.
+    pub path_prefix: String,
+    /// Bound on the whole handshake (default 1 s).
+    pub initialize_timeout: Duration,
+    /// Bound on a socket write (fallback data, close frames; default 10 s).
+    pub connection_write_timeout: Duration,
+    /// How long a session stays unhealthy after a fallback (default 30 s; zero disables).
+    pub circuit_breaker: Duration,
+    /// In file mode, negotiate V3 instead of sending Go's V2 opening.
+    pub file_mode_v3: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mem_mode: MemMode::Memfd,
+            queue_cap: 8192,
+            buffer_capacity: 32 << 20,
+            size_classes: DEFAULT_SIZE_CLASSES.to_vec(),
+            path_prefix: "/dev/shm/shmlink".to_owned(),
+            initialize_timeout: Duration::from_secs(1),
+            connection_write_timeout: Duration::from_secs(10),
+            circuit_breaker: Duration::from_secs(30),
+            file_mode_v3: false,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the configuration, naming the first problem.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.queue_cap == 0 || self.queue_cap % 16 != 0 || !queue::capacity_is_safe(self.queue_cap) {
+            return bad(format!("queue_cap {} must be a non-zero multiple of 16", self.queue_cap));
+        }
+        if self.buffer_capacity < 1 << 20 {
+            return bad(format!("buffer_capacity {} is below the 1 MiB minimum", self.buffer_capacity));
+        }
+        if let Err(e) = buffer::plan(self.buffer_capacity as u64, &self.size_classes) {
+            return bad(format!("size_classes: {e}"));
+        }
+        if self.path_prefix.is_empty() {
+            return bad("path_prefix is empty".to_owned());
+        }
+        if self.initialize_timeout.is_zero() {
+            return bad("initialize_timeout is zero".to_owned());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,532 @@
+//! Streams: ordered byte streams multiplexed over a session (PROTOCOL.md 5).
+//!
+//! Writing: [`Stream::reserve`] hands out shared memory to write into directly (zero copy);
+//! [`Reservation::commit`] publishes it with one queue element. `Write` copies into shared
+//! memory and commits per call. When shared memory runs out, the bytes travel in a
+//! FallbackData frame instead, and the stream stays on the socket from then on (so bytes
+//! never overtake each other).
+//!
+//! Reading: [`Stream::read_view`] returns the next received piece as a zero-copy [`View`]
+//! into shared memory, which returns its slice to the free list when dropped. `Read` copies.
+//! Message boundaries are not preserved (a stream is a byte stream, like TCP); frame your
+//! messages, for example with a length prefix.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Deref;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use shmlink_core::buffer::{BufferError, Segment};
+use shmlink_core::frame::{Frame, MAX_FRAME_LEN, Message};
+use shmlink_core::queue::Element;
+use shmlink_core::session::{Route, SessionError};
+
+use crate::Error;
+use crate::session::Inner;
+
+/// One received piece of a stream.
+pub(crate) enum Chunk {
+    /// A slice of shared memory (recycled when consumed).
+    Shm(Segment),
+    /// Bytes that came in a fallback frame.
+    Heap(Vec<u8>),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Shm(s) => s.len as usize,
+            Chunk::Heap(v) => v.len(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct RecvState {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already consumed by `Read`.
+    front_offset: usize,
+    peer_closed: bool,
+    session_closed: Option<String>,
+    local_closed: bool,
+}
+
+/// The part of a stream the session's driver shares with the application.
+pub(crate) struct StreamShared {
+    id: u32,
+    recv: Mutex<RecvState>,
+    cv: Condvar,
+}
+
+fn lock(m: &Mutex<RecvState>) -> MutexGuard<'_, RecvState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl StreamShared {
+    pub(crate) fn new(id: u32) -> Self {
+        Self { id, recv: Mutex::new(RecvState::default()), cv: Condvar::new() }
+    }
+
+    /// Appends received bytes; a chunk for a stream closed locally comes back to be recycled.
+    pub(crate) fn push(&self, chunk: Chunk) -> Option<Chunk> {
+        let mut recv = lock(&self.recv);
+        if recv.local_closed {
+            return Some(chunk);
+        }
+        recv.chunks.push_back(chunk);
+        drop(recv);
+        self.cv.notify_all();
+        None
+    }
+
+    pub(crate) fn peer_closed(&self) {
+        lock(&self.recv).peer_closed = true;
+        self.cv.notify_all();
+    }
+
+    pub(crate) fn session_closed(&self, reason: &str) {
+        lock(&self.recv).session_closed = Some(reason.to_owned());
+        self.cv.notify_all();
+    }
+}
+
+/// One stream of a session. Dropping it closes it (the peer is told, as Go does).
+pub struct Stream {
+    inner: Arc<Inner>,
+    shared: Arc<StreamShared>,
+    read_timeout: Option<Duration>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("id", &self.shared.id).field("closed", &self.closed).finish()
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<StreamShared>) -> Self {
+        Self { inner, shared, read_timeout: None, closed: false }
+    }
+
+    /// The stream id (the client's first stream is 2).
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// Bounds every blocking read (`None`: wait for ever, until data, end or session close).
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// Whether this stream now sends over the socket because shared memory ran out.
+    pub fn is_fallback(&self) -> bool {
+        matches!(self.inner.lock_state().core.route(self.id()), Ok(Route::Fallback))
+    }
+
+    fn route(&self) -> Result<Route, Error> {
+        let state = self.inner.live_state()?;
+        state.core.route(self.id()).map_err(|e| match e {
+            SessionError::StreamClosed => Error::StreamClosed,
+            e => Error::Protocol(e),
+        })
+    }
+
+    /// Reserves `n` bytes to write into directly. In shared memory when possible (one slice
+    /// if `n` fits the largest slice size, else a chain), on the heap when shared memory is
+    /// exhausted or the stream is in fallback; [`Reservation::commit`] publishes it either way.
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, Error> {
+        if self.closed {
+            return Err(Error::StreamClosed);
+        }
+        if n > MAX_FRAME_LEN as usize - 16 {
+            return Err(Error::Config(format!("a single flush is limited to {} bytes", MAX_FRAME_LEN - 16)));
+        }
+        let kind = match self.route()? {
+            Route::Fallback => Reserved::Heap(vec![0; n]),
+            Route::Queue if n == 0 => Reserved::Heap(Vec::new()),
+            Route::Queue => match self.inner.shm.buffers.alloc(n as u64) {
+                Ok(chain) => {
+                    let buffers = &self.inner.shm.buffers;
+                    let mut slices = Vec::with_capacity(chain.count() as usize);
+                    let mut left = n as u64;
+                    for segment in buffers.walk_chain(chain.first()) {
+                        let segment = segment?;
+                        let (data, cap) = buffers.data_area(segment.slice)?;
+                        let usable = u64::from(cap).min(left) as u32;
+                        left -= u64::from(usable);
+                        slices.push(Slice { slice: segment.slice, data, len: usable });
+                    }
+                    Reserved::Shm(slices)
+                }
+                Err(BufferError::NoMoreBuffer { .. }) => {
+                    self.inner.lock_state().core.metrics_mut().alloc_shm_error_count += 1;
+                    Reserved::Heap(vec![0; n])
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        Ok(Reservation { stream: self, len: n, kind, done: false })
+    }
+
+    /// Writes `data` as one flush (copied once, into shared memory).
+    pub fn send(&self, data: &[u8]) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut r = self.reserve(data.len())?;
+        r.write_at(0, data);
+        r.commit(data.len())
+    }
+
+    /// The next received piece, zero copy, or `None` at the end of the stream (the peer
+    /// closed it and everything before the close has been read).
+    pub fn read_view(&mut self) -> Result<Option<View>, Error> {
+        let mut recv = match self.wait_readable()? {
+            Some(recv) => recv,
+            None => return Ok(None),
+        };
+        let offset = std::mem::take(&mut recv.front_offset);
+        let chunk = recv.chunks.pop_front().ok_or(Error::StreamClosed)?;
+        drop(recv);
+        let kind = match chunk {
+            Chunk::Shm(segment) => ViewKind::Shm { segment, start: offset as u32 },
+            Chunk::Heap(bytes) => ViewKind::Heap(bytes, offset),
+        };
+        Ok(Some(View { inner: Arc::clone(&self.inner), kind }))
+    }
+
+    /// Waits for data; `None` means end of stream.
+    fn wait_readable(&self) -> Result<Option<MutexGuard<'_, RecvState>>, Error> {
+        let deadline = self.read_timeout.map(|t| Instant::now() + t);
+        let mut recv = lock(&self.shared.recv);
+        loop {
+            if recv.local_closed {
+                return Err(Error::StreamClosed);
+            }
+            if !recv.chunks.is_empty() {
+                return Ok(Some(recv));
+            }
+            if recv.peer_closed {
+                return Ok(None);
+            }
+            if let Some(reason) = &recv.session_closed {
+                return Err(Error::SessionClosed(reason.clone()));
+            }
+            recv = match deadline {
+                None => self.shared.cv.wait(recv).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::Timeout);
+                    }
+                    self.shared.cv.wait_timeout(recv, d - now).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+    }
+
+    /// Bytes received and not yet read.
+    pub fn available(&self) -> usize {
+        let recv = lock(&self.shared.recv);
+        recv.chunks.iter().map(Chunk::len).sum::<usize>() - recv.front_offset
+    }
+
+    /// Closes the stream: unread data is recycled and the peer is told (a close element, or
+    /// a StreamClose frame when the queue is full). Idempotent.
+    pub fn close(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let pending: Vec<Chunk> = {
+            let mut recv = lock(&self.shared.recv);
+            recv.local_closed = true;
+            recv.front_offset = 0;
+            recv.chunks.drain(..).collect()
+        };
+        for chunk in pending {
+            if let Chunk::Shm(segment) = chunk {
+                self.inner.recycle(segment);
+            }
+        }
+        self.inner.close_stream(self.id());
+    }
+
+    fn publish(&self, slices: &[Slice], written: usize) -> Result<(), Error> {
+        let buffers = &self.inner.shm.buffers;
+        let mut left = written;
+        let mut used = 0;
+        for s in slices {
+            if left == 0 {
+                break;
+            }
+            let take = (s.len as usize).min(left);
+            buffers.set_len(s.slice, take as u32)?;
+            left -= take;
+            used += 1;
+        }
+        // Never send empty slices: cut the chain after the last one used, recycle the rest.
+        buffers.end_chain_at(slices[used - 1].slice)?;
+        for s in &slices[used..] {
+            buffers.recycle(s.slice)?;
+        }
+        if let Err(e) = self.inner.push_element(Element::data(self.id(), slices[0].slice)) {
+            for s in &slices[..used] {
+                let _ = buffers.recycle(s.slice);
+            }
+            return Err(e);
+        }
+        self.inner.lock_state().core.sent_queue(written as u64);
+        Ok(())
+    }
+
+    fn send_fallback(&self, data: &[u8]) -> Result<(), Error> {
+        let version = self.inner.lock_state().core.version();
+        let frame = Frame::new(version, Message::FallbackData { stream_id: self.id(), status: 0, data });
+        self.inner.send_frame(&frame, data)?;
+        let now = self.inner.now_ms();
+        self.inner.lock_state().core.sent_fallback(self.id(), data.len() as u64, now);
+        Ok(())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut done = Vec::new();
+        let mut copied = 0;
+        {
+            let Some(mut recv) = self.wait_readable()? else { return Ok(0) };
+            while copied < buf.len() {
+                let offset = recv.front_offset;
+                let Some(front) = recv.chunks.front() else { break };
+                let bytes: &[u8] = match front {
+                    Chunk::Shm(s) => &self.inner.shm.bytes(s.data, s.len)[offset..],
+                    Chunk::Heap(v) => &v[offset..],
+                };
+                let n = bytes.len().min(buf.len() - copied);
+                buf[copied..copied + n].copy_from_slice(&bytes[..n]);
+                copied += n;
+                if n == bytes.len() {
+                    recv.front_offset = 0;
+                    if let Some(chunk) = recv.chunks.pop_front() {
+                        done.push(chunk);
+                    }
+                } else {
+                    recv.front_offset += n;
+                }
+            }
+        }
+        for chunk in done {
+            if let Chunk::Shm(segment) = chunk {
+                self.inner.recycle(segment);
+            }
+        }
+        Ok(copied)
+    }
+}
+
+impl io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Slice {
+    slice: u32,
+    data: u32,
+    len: u32,
+}
+
+enum Reserved {
+    Shm(Vec<Slice>),
+    Heap(Vec<u8>),
+}
+
+/// Space reserved on a stream, written in place and published by [`commit`](Self::commit).
+/// Dropping it unpublished returns its slices.
+///
+/// ```no_run
+/// # fn demo(stream: &shmlink::Stream) -> Result<(), shmlink::Error> {
+/// let payload = b"zero copy";
+/// let mut r = stream.reserve(4 + payload.len())?;
+/// r.write_at(0, &(payload.len() as u32).to_be_bytes());
+/// r.write_at(4, payload);
+/// r.commit(4 + payload.len())?;
+/// # Ok(()) }
+/// ```
+pub struct Reservation<'s> {
+    stream: &'s Stream,
+    len: usize,
+    kind: Reserved,
+    done: bool,
+}
+
+impl Reservation<'_> {
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was reserved.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes are in shared memory (false: heap, will travel as fallback).
+    pub fn is_shared_memory(&self) -> bool {
+        matches!(self.kind, Reserved::Shm(_))
+    }
+
+    /// The reserved bytes, in order: one piece per slice (just one if the reservation fit a
+    /// slice), together exactly [`len`](Self::len) bytes.
+    pub fn chunks_mut(&mut self) -> Vec<&mut [u8]> {
+        match &mut self.kind {
+            Reserved::Heap(v) => vec![v.as_mut_slice()],
+            Reserved::Shm(slices) => slices
+                .iter()
+                // SAFETY: each slice was allocated by us for this reservation and is neither
+                // published nor recycled while `self` is mutably borrowed; the pieces are
+                // disjoint slices.
+                .map(|s| unsafe { self.stream.inner.shm.bytes_mut(s.data, s.len) })
+                .collect(),
+        }
+    }
+
+    /// Copies `data` into the reservation at `offset`, across slice boundaries.
+    ///
+    /// # Panics
+    ///
+    /// If `offset + data.len()` exceeds the reservation.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= self.len, "write past the end of a reservation");
+        let mut skip = offset;
+        let mut data = data;
+        for piece in self.chunks_mut() {
+            if data.is_empty() {
+                break;
+            }
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            let n = (piece.len() - skip).min(data.len());
+            piece[skip..skip + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            skip = 0;
+        }
+    }
+
+    /// Publishes the first `written` bytes (one queue element, or one fallback frame) and
+    /// returns any unused slices.
+    pub fn commit(mut self, written: usize) -> Result<(), Error> {
+        self.done = true;
+        let written = written.min(self.len);
+        let stream = self.stream;
+        let kind = std::mem::replace(&mut self.kind, Reserved::Heap(Vec::new()));
+        if written == 0 {
+            release(stream, &kind);
+            return Ok(());
+        }
+        let route = match stream.route() {
+            Ok(route) => route,
+            Err(e) => {
+                release(stream, &kind);
+                return Err(e);
+            }
+        };
+        match (route, kind) {
+            (Route::Queue, Reserved::Shm(slices)) => stream.publish(&slices, written),
+            (Route::Fallback, Reserved::Shm(slices)) => {
+                let mut bytes = Vec::with_capacity(written);
+                for s in &slices {
+                    let take = (s.len as usize).min(written - bytes.len());
+                    bytes.extend_from_slice(&stream.inner.shm.bytes(s.data, take as u32));
+                }
+                release(stream, &Reserved::Shm(slices));
+                stream.send_fallback(&bytes)
+            }
+            (_, Reserved::Heap(bytes)) => stream.send_fallback(&bytes[..written]),
+        }
+    }
+}
+
+fn release(stream: &Stream, kind: &Reserved) {
+    if let Reserved::Shm(slices) = kind {
+        for s in slices {
+            let _ = stream.inner.shm.buffers.recycle(s.slice);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            release(self.stream, &self.kind);
+        }
+    }
+}
+
+enum ViewKind {
+    Shm { segment: Segment, start: u32 },
+    Heap(Vec<u8>, usize),
+}
+
+/// Received bytes, zero copy when they came through shared memory. Dropping the view
+/// returns its slice to the free list.
+///
+/// The bytes live in memory the peer process can write. A peer that follows the protocol
+/// does not touch a slice it sent until we recycle it, but a hostile peer could change the
+/// bytes while you read them; copy them first if you must validate and then use them.
+pub struct View {
+    inner: Arc<Inner>,
+    kind: ViewKind,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View").field("len", &self.len()).field("shared_memory", &self.is_shared_memory()).finish()
+    }
+}
+
+impl View {
+    /// Whether the bytes are in shared memory (false: they came in a fallback frame).
+    pub fn is_shared_memory(&self) -> bool {
+        matches!(self.kind, ViewKind::Shm { .. })
+    }
+}
+
+impl Deref for View {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.kind {
+            ViewKind::Shm { segment, start } => {
+                self.inner.shm.bytes(segment.data + start, segment.len - start)
+            }
+            ViewKind::Heap(bytes, start) => &bytes[*start..],
+        }
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if let ViewKind::Shm { segment, .. } = self.kind {
+            self.inner.recycle(segment);
+        }
+    }
+}
