@@ -1,1 +1,78 @@
-//! x
+//! Shared pieces of shmlink's cross-process tests: the echo protocol (4-byte big-endian
+//! length + payload, as shmipc-go's examples) on both ends, and a deterministic payload.
+
+use std::io::Read;
+
+use shmlink::{Error, Session, Stream};
+
+/// The payload of message `index` of `size` bytes: a pattern that differs per message.
+pub fn payload(size: usize, index: usize) -> Vec<u8> {
+    (0..size).map(|k| (k.wrapping_mul(31) ^ index.wrapping_mul(131)) as u8).collect()
+}
+
+/// Sends one framed message as a single flush.
+pub fn send_framed(stream: &Stream, body: &[u8]) -> Result<(), Error> {
+    let mut r = stream.reserve(4 + body.len())?;
+    r.write_at(0, &(body.len() as u32).to_be_bytes());
+    r.write_at(4, body);
+    r.commit(4 + body.len())
+}
+
+/// Reads one framed message; `None` if the stream ended cleanly before it.
+pub fn recv_framed(stream: &mut Stream) -> Result<Option<Vec<u8>>, Error> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::SessionClosed(e.to_string())),
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).map_err(|e| Error::SessionClosed(e.to_string()))?;
+    Ok(Some(body))
+}
+
+/// Echoes framed messages on `stream` until the peer closes it; after `limit` messages the
+/// server closes the stream itself. Returns how many were echoed.
+pub fn echo_stream(mut stream: Stream, limit: Option<usize>) -> Result<usize, Error> {
+    let mut n = 0;
+    while let Some(body) = recv_framed(&mut stream)? {
+        send_framed(&stream, &body)?;
+        n += 1;
+        if limit == Some(n) {
+            break;
+        }
+    }
+    stream.close();
+    Ok(n)
+}
+
+/// Serves every stream of `session` with [`echo_stream`] until the session closes.
+pub fn echo_session(session: &Session, limit: Option<usize>) -> Result<usize, Error> {
+    let mut workers = Vec::new();
+    loop {
+        match session.accept_stream(None) {
+            Ok(stream) => workers.push(std::thread::spawn(move || echo_stream(stream, limit))),
+            Err(Error::SessionClosed(_)) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut total = 0;
+    for w in workers {
+        total += w.join().map_err(|_| Error::SessionClosed("echo thread panicked".into()))??;
+    }
+    Ok(total)
+}
+
+/// Sends each size on `stream` and checks the echo byte for byte.
+pub fn check_echoes(stream: &mut Stream, sizes: &[usize], salt: usize) -> Result<(), String> {
+    for (i, &size) in sizes.iter().enumerate() {
+        let body = payload(size, i + salt);
+        send_framed(stream, &body).map_err(|e| format!("send {size}: {e}"))?;
+        match recv_framed(stream).map_err(|e| format!("recv {size}: {e}"))? {
+            Some(echo) if echo == body => {}
+            Some(echo) => return Err(format!("echo of {size} bytes differs ({} bytes back)", echo.len())),
+            None => return Err(format!("stream ended before the echo of {size} bytes")),
+        }
+    }
+    Ok(())
+}
