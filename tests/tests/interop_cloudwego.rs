@@ -1,0 +1,224 @@
+//! Interop with CloudWeGo's Rust implementation, crate `shmipc` 0.2.1 (tokio-based), in both
+//! directions, in V3 memfd and V2 file mode, with messages that need multi-slice chains and a
+//! fallback message each way. Both implementations run in this process on their own threads
+//! and talk through a unix socket and shared memory exactly as two processes would.
+//!
+//! Deviations of shmipc 0.2.1 from PROTOCOL.md noticed here: none on the wire for V2/V3. Its
+//! server dispatches on the first frame's *type* rather than Go's version byte (PROTOCOL-V4.md
+//! 1.1); our client sends exactly what Go sends, so both dispatch the same way.
+
+use std::os::unix::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cloudwego_shmipc::compact::StreamExt;
+use cloudwego_shmipc::config::SizePercentPair;
+use cloudwego_shmipc::consts::MemMapType;
+use cloudwego_shmipc::session::{SessionManager, SessionManagerConfig};
+use cloudwego_shmipc::transport::{DefaultUnixConnect, DefaultUnixListen};
+use shmlink::{Config, Listener, MemMode, Session, SizeClass};
+use shmlink_tests::{check_echoes, echo_session, payload};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sizes that need chains: the largest default slice holds 131,052 bytes.
+const SIZES: [usize; 6] = [1, 4000, 8172, 131_052, 200_000, 1 << 20];
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.sock", unique(name)))
+}
+
+fn leftover_files(prefix: &str) -> Vec<String> {
+    let stem = prefix.rsplit('/').next().unwrap().to_owned();
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&stem)).collect())
+        .unwrap_or_default()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn their_config(mode: MemMapType, prefix: &str, small_buffer: bool) -> SessionManagerConfig {
+    let mut c = SessionManagerConfig::new().with_session_num(1);
+    c.config_mut().mem_map_type = mode;
+    c.config_mut().share_memory_path_prefix = prefix.to_owned();
+    if small_buffer {
+        // 1 MiB of 4 KiB slices: a 2 MiB message cannot fit and must fall back.
+        c.config_mut().share_memory_buffer_cap = 1 << 20;
+        c.config_mut().buffer_slice_sizes = vec![SizePercentPair { size: 4096, percent: 100 }];
+    }
+    c
+}
+
+async fn their_echo_roundtrip(stream: &mut StreamExt, body: &[u8]) -> Vec<u8> {
+    stream.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut echo = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut echo).await.unwrap();
+    echo
+}
+
+/// Their client (SessionManager) against our server (Listener).
+fn their_client_our_server(mode: MemMapType, sizes: &[usize], small_buffer: bool) -> (bool, shmlink::Metrics) {
+    let expected = sizes.len();
+    let sock = socket_path("interop-theirs-c");
+    let prefix = format!("/dev/shm/{}", unique("interop-tc"));
+    let listener = Listener::bind(&sock, Config::default()).unwrap();
+    let server = std::thread::spawn(move || {
+        let session = listener.accept().unwrap();
+        let echoed = echo_session(&session, None).unwrap();
+        assert_eq!(echoed, expected);
+        (session.all_buffers_free(), session.metrics(), session)
+    });
+    let rt = runtime();
+    let sizes = sizes.to_vec();
+    let config = their_config(mode, &prefix, small_buffer);
+    let fallback = rt.block_on(async move {
+        let sm = SessionManager::new(config, DefaultUnixConnect, SocketAddr::from_pathname(&sock).unwrap())
+            .await
+            .unwrap();
+        let stream = sm.get_stream().unwrap();
+        let mut stream = StreamExt::new(stream);
+        for (i, &size) in sizes.iter().enumerate() {
+            let body = payload(size, i);
+            assert!(their_echo_roundtrip(&mut stream, &body).await == body, "echo of {size} bytes");
+        }
+        let fallback = stream.inner_mut().fallback_state();
+        stream.inner_mut().close().await.unwrap();
+        sm.close().await;
+        // Let their asynchronous cleanup run before the runtime goes away.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fallback
+    });
+    drop(rt);
+    let (all_free, metrics, session) = server.join().unwrap();
+    assert!(all_free, "every slice back in its free list");
+    drop(session);
+    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    if small_buffer {
+        assert!(fallback, "their stream should be in fallback after a 2 MiB write into 1 MiB");
+    }
+    (fallback, metrics)
+}
+
+#[test]
+fn their_memfd_v3_client_echoes_chains_through_our_server() {
+    let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &SIZES, false);
+    assert_eq!(m.fallback_read_count, 0);
+    assert!(m.receive_queue_count >= SIZES.len() as u64);
+}
+
+#[test]
+fn their_devshm_v2_client_echoes_chains_through_our_server() {
+    let (_, m) = their_client_our_server(MemMapType::MemMapTypeDevShmFile, &SIZES, false);
+    assert_eq!(m.fallback_read_count, 0);
+}
+
+#[test]
+fn their_fallback_message_reaches_our_server_and_our_reply_falls_back_too() {
+    let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &[100, 2 << 20], true);
+    assert!(m.fallback_read_count >= 1, "{m:?}");
+    // Go's rule, which we follow: the receiving stream switches to fallback for its replies.
+    assert!(m.fallback_write_count >= 1, "{m:?}");
+}
+
+/// Our client against their server (Listener + echo tasks).
+fn our_client_their_server(config: Config, sizes: &[usize]) -> (bool, shmlink::Metrics) {
+    let sock = socket_path("interop-theirs-s");
+    let rt = runtime();
+    let listen_addr = SocketAddr::from_pathname(&sock).unwrap();
+    let server_config = cloudwego_shmipc::config::Config::default();
+    let mut listener = rt
+        .block_on(cloudwego_shmipc::Listener::new(DefaultUnixListen, listen_addr, server_config))
+        .unwrap();
+    rt.spawn(async move {
+        while let Ok(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = StreamExt::new(stream);
+                loop {
+                    let mut len = [0u8; 4];
+                    if stream.read_exact(&mut len).await.is_err() {
+                        break;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        break;
+                    }
+                    if stream.write_all(&len).await.is_err() || stream.write_all(&body).await.is_err() {
+                        break;
+                    }
+                    if stream.flush().await.is_err() {
+                        break;
+                    }
+                }
+                // Go semantics: closing the stream recycles what it still holds.
+                let _ = stream.inner_mut().close().await;
+            });
+        }
+    });
+    let prefix = config.path_prefix.clone();
+    let session = Session::connect(&sock, config).unwrap();
+    let mut stream = session.open_stream().unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20)));
+    check_echoes(&mut stream, sizes, 0).unwrap();
+    let fallback = stream.is_fallback();
+    stream.close();
+    // Their reader recycles our request slices asynchronously; give it a moment.
+    let start = std::time::Instant::now();
+    while !session.all_buffers_free() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        session.all_buffers_free(),
+        "every slice back in its free list: {:?}",
+        session.shared_memory_usage()
+    );
+    let metrics = session.metrics();
+    drop(stream);
+    drop(session);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !leftover_files(&prefix).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    (fallback, metrics)
+}
+
+fn our_config(mode: MemMode) -> Config {
+    Config { mem_mode: mode, path_prefix: format!("/dev/shm/{}", unique("interop-oc")), ..Config::default() }
+}
+
+#[test]
+fn our_memfd_v3_client_echoes_chains_through_their_server() {
+    let (fallback, m) = our_client_their_server(our_config(MemMode::Memfd), &SIZES);
+    assert!(!fallback);
+    assert_eq!(m.fallback_write_count, 0);
+    assert!(m.in_flow_bytes > 0);
+}
+
+#[test]
+fn our_devshm_v2_client_echoes_chains_through_their_server() {
+    let (fallback, m) = our_client_their_server(our_config(MemMode::File), &SIZES);
+    assert!(!fallback);
+    assert_eq!(m.fallback_write_count, 0);
+}
+
+#[test]
+fn our_fallback_message_reaches_their_server_and_comes_back() {
+    let mut config = our_config(MemMode::Memfd);
+    config.buffer_capacity = 1 << 20;
+    config.size_classes = vec![SizeClass { size: 4096, percent: 100 }];
+    let (fallback, m) = our_client_their_server(config, &[100, 2 << 20]);
+    assert!(fallback, "a 2 MiB write into 1 MiB of shared memory must fall back");
+    assert!(m.fallback_write_count >= 1, "{m:?}");
+    assert!(m.fallback_read_count >= 1, "their reply falls back too: {m:?}");
+}
