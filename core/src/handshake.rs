@@ -106,9 +106,14 @@ impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnsupportedVersion { version } => {
-                write!(f, "peer opened with protocol version {version}; only 2 and 3 are supported")
+                write!(
+                    f,
+                    "peer opened with protocol version {version}; only 2 and 3 are supported"
+                )
             }
-            Self::Unexpected { expected, got } => write!(f, "handshake expected {expected}, got {got:?}"),
+            Self::Unexpected { expected, got } => {
+                write!(f, "handshake expected {expected}, got {got:?}")
+            }
             Self::OutOfOrder { input } => write!(f, "handshake fed {input} out of order"),
             Self::Frame(e) => write!(f, "handshake frame: {e}"),
         }
@@ -119,7 +124,9 @@ impl core::error::Error for HandshakeError {}
 
 fn encode(version: u8, message: Message<'_>) -> Result<Vec<u8>, HandshakeError> {
     let mut out = Vec::new();
-    Frame::new(version, message).encode_into(&mut out).map_err(HandshakeError::Frame)?;
+    Frame::new(version, message)
+        .encode_into(&mut out)
+        .map_err(HandshakeError::Frame)?;
     Ok(out)
 }
 
@@ -169,7 +176,10 @@ impl ClientHandshake {
     }
 
     fn paths_frame(&self, version: u8) -> Result<Vec<u8>, HandshakeError> {
-        let paths = Paths { queue: &self.queue_path, buffer: &self.buffer_path };
+        let paths = Paths {
+            queue: &self.queue_path,
+            buffer: &self.buffer_path,
+        };
         let message = match self.mode {
             MemMode::File => Message::ShareMemoryByFilePath(paths),
             MemMode::Memfd => Message::ShareMemoryByMemfd(paths),
@@ -194,17 +204,25 @@ impl ClientHandshake {
         match (self.state, input) {
             (S::SentFirst, Input::Sent) if self.legacy_v2 => {
                 self.state = S::Done;
-                Ok(Output::Done { version: PROTO_VERSION })
+                Ok(Output::Done {
+                    version: PROTO_VERSION,
+                })
             }
             (S::SentFirst, Input::Sent) => {
                 self.state = S::AwaitVersion;
                 Ok(Output::ReadFrame)
             }
             (S::AwaitVersion, Input::Frame(frame)) => {
-                expect(&frame, MessageType::ExchangeProtoVersion, "ExchangeProtoVersion")?;
+                expect(
+                    &frame,
+                    MessageType::ExchangeProtoVersion,
+                    "ExchangeProtoVersion",
+                )?;
                 self.version = frame.version.min(MAX_SUPPORTED_VERSION);
                 if self.version < 3 {
-                    return Err(HandshakeError::UnsupportedVersion { version: frame.version });
+                    return Err(HandshakeError::UnsupportedVersion {
+                        version: frame.version,
+                    });
                 }
                 self.state = S::SentPaths;
                 Ok(Output::Send(self.paths_frame(self.version)?))
@@ -228,18 +246,27 @@ impl ClientHandshake {
             (S::AwaitAck, Input::Frame(frame)) => {
                 expect(&frame, MessageType::AckShareMemory, "AckShareMemory")?;
                 self.state = S::Done;
-                Ok(Output::Done { version: self.version })
+                Ok(Output::Done {
+                    version: self.version,
+                })
             }
             (_, input) => Err(out_of_order(input)),
         }
     }
 }
 
-fn expect(frame: &Frame<'_>, kind: MessageType, expected: &'static str) -> Result<(), HandshakeError> {
+fn expect(
+    frame: &Frame<'_>,
+    kind: MessageType,
+    expected: &'static str,
+) -> Result<(), HandshakeError> {
     if frame.message.kind() == kind {
         Ok(())
     } else {
-        Err(HandshakeError::Unexpected { expected, got: frame.message.kind() })
+        Err(HandshakeError::Unexpected {
+            expected,
+            got: frame.message.kind(),
+        })
     }
 }
 
@@ -284,7 +311,12 @@ impl Default for ServerHandshake {
 impl ServerHandshake {
     /// A server waiting for the client's first frame.
     pub fn new() -> Self {
-        Self { state: ServerState::AwaitFirst, version: PROTO_VERSION, mode: MemMode::File, paths: None }
+        Self {
+            state: ServerState::AwaitFirst,
+            version: PROTO_VERSION,
+            mode: MemMode::File,
+            paths: None,
+        }
     }
 
     /// The first thing to do: read the opening frame.
@@ -295,12 +327,18 @@ impl ServerHandshake {
     fn map(&mut self, mode: MemMode, paths: Paths<'_>) -> Output {
         self.mode = mode;
         self.paths = Some((paths.queue.to_vec(), paths.buffer.to_vec()));
-        Output::Map { mode, queue_path: paths.queue.to_vec(), buffer_path: paths.buffer.to_vec() }
+        Output::Map {
+            mode,
+            queue_path: paths.queue.to_vec(),
+            buffer_path: paths.buffer.to_vec(),
+        }
     }
 
     /// The paths the client announced, once known.
     pub fn paths(&self) -> Option<(&[u8], &[u8])> {
-        self.paths.as_ref().map(|(q, b)| (q.as_slice(), b.as_slice()))
+        self.paths
+            .as_ref()
+            .map(|(q, b)| (q.as_slice(), b.as_slice()))
     }
 
     /// Advances the machine.
@@ -314,13 +352,23 @@ impl ServerHandshake {
                         self.state = S::Mapping;
                         Ok(self.map(MemMode::File, paths))
                     }
-                    other => Err(HandshakeError::Unexpected { expected: "ShareMemoryByFilePath (V2)", got: other.kind() }),
+                    other => Err(HandshakeError::Unexpected {
+                        expected: "ShareMemoryByFilePath (V2)",
+                        got: other.kind(),
+                    }),
                 },
                 3 => {
-                    expect(&frame, MessageType::ExchangeProtoVersion, "ExchangeProtoVersion")?;
+                    expect(
+                        &frame,
+                        MessageType::ExchangeProtoVersion,
+                        "ExchangeProtoVersion",
+                    )?;
                     self.version = frame.version.min(MAX_SUPPORTED_VERSION);
                     self.state = S::SentVersion;
-                    Ok(Output::Send(encode(MAX_SUPPORTED_VERSION, Message::ExchangeProtoVersion)?))
+                    Ok(Output::Send(encode(
+                        MAX_SUPPORTED_VERSION,
+                        Message::ExchangeProtoVersion,
+                    )?))
                 }
                 version => Err(HandshakeError::UnsupportedVersion { version }),
             },
@@ -339,7 +387,10 @@ impl ServerHandshake {
                     self.state = S::SentReadyRecvFd;
                     Ok(Output::Send(encode(self.version, Message::AckReadyRecvFd)?))
                 }
-                other => Err(HandshakeError::Unexpected { expected: "ShareMemoryByFilePath or ShareMemoryByMemfd", got: other.kind() }),
+                other => Err(HandshakeError::Unexpected {
+                    expected: "ShareMemoryByFilePath or ShareMemoryByMemfd",
+                    got: other.kind(),
+                }),
             },
             (S::SentReadyRecvFd, Input::Sent) => {
                 self.state = S::AwaitFds;
@@ -348,7 +399,11 @@ impl ServerHandshake {
             (S::AwaitFds, Input::FdsReceived) => {
                 self.state = S::Mapping;
                 let (queue_path, buffer_path) = self.paths.clone().unwrap_or_default();
-                Ok(Output::Map { mode: MemMode::Memfd, queue_path, buffer_path })
+                Ok(Output::Map {
+                    mode: MemMode::Memfd,
+                    queue_path,
+                    buffer_path,
+                })
             }
             (S::Mapping, Input::Mapped) if self.version == 2 => {
                 self.state = S::Done;
@@ -360,7 +415,9 @@ impl ServerHandshake {
             }
             (S::SentAck, Input::Sent) => {
                 self.state = S::Done;
-                Ok(Output::Done { version: self.version })
+                Ok(Output::Done {
+                    version: self.version,
+                })
             }
             (_, input) => Err(out_of_order(input)),
         }

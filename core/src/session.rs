@@ -204,7 +204,10 @@ impl Session {
 
     /// The counters, with `active_stream_count` filled in.
     pub fn metrics(&self) -> Metrics {
-        Metrics { active_stream_count: self.streams.len() as u64, ..self.metrics }
+        Metrics {
+            active_stream_count: self.streams.len() as u64,
+            ..self.metrics
+        }
     }
 
     /// Mutable counters, for what the caller observes itself (queue counts, errors).
@@ -239,7 +242,13 @@ impl Session {
                 continue;
             }
             if !self.streams.contains_key(&self.last_id) {
-                self.streams.insert(self.last_id, Entry { state: StreamState::Opened, fallback: false });
+                self.streams.insert(
+                    self.last_id,
+                    Entry {
+                        state: StreamState::Opened,
+                        fallback: false,
+                    },
+                );
                 return Ok(self.last_id);
             }
         }
@@ -249,8 +258,14 @@ impl Session {
     /// How the next flush on `id` must travel.
     pub fn route(&self, id: u32) -> Result<Route, SessionError> {
         match self.streams.get(&id) {
-            Some(Entry { state: StreamState::Opened, fallback: false }) => Ok(Route::Queue),
-            Some(Entry { state: StreamState::Opened, fallback: true }) => Ok(Route::Fallback),
+            Some(Entry {
+                state: StreamState::Opened,
+                fallback: false,
+            }) => Ok(Route::Queue),
+            Some(Entry {
+                state: StreamState::Opened,
+                fallback: true,
+            }) => Ok(Route::Fallback),
             _ => Err(SessionError::StreamClosed),
         }
     }
@@ -281,7 +296,10 @@ impl Session {
     /// silently (Go sends nothing from half-closed).
     pub fn close_stream(&mut self, id: u32) -> CloseAction {
         match self.streams.remove(&id) {
-            Some(Entry { state: StreamState::Opened, .. }) => CloseAction::SendClose(Element::close(id)),
+            Some(Entry {
+                state: StreamState::Opened,
+                ..
+            }) => CloseAction::SendClose(Element::close(id)),
             _ => CloseAction::Nothing,
         }
     }
@@ -310,7 +328,10 @@ impl Session {
                     let segment = segment.map_err(SessionError::BadChain)?;
                     if wanted && segment.len > 0 {
                         self.metrics.in_flow_bytes += u64::from(segment.len);
-                        deliver(Delivery::Shm { stream_id: element.stream_id, segment });
+                        deliver(Delivery::Shm {
+                            stream_id: element.stream_id,
+                            segment,
+                        });
                     } else {
                         deliver(Delivery::Recycle(segment.slice));
                     }
@@ -329,12 +350,24 @@ impl Session {
     /// Whether data for `id` is wanted; opens it implicitly on the server.
     fn accept_data<'f>(&mut self, id: u32, deliver: &mut impl FnMut(Delivery<'f>)) -> bool {
         match self.streams.get(&id) {
-            Some(Entry { state: StreamState::Opened, .. }) => true,
+            Some(Entry {
+                state: StreamState::Opened,
+                ..
+            }) => true,
             // Data after the peer's own close: Go delivers to the pending list but nobody reads
             // a half-closed stream past its end; recycle.
-            Some(Entry { state: StreamState::HalfClosed, .. }) => false,
+            Some(Entry {
+                state: StreamState::HalfClosed,
+                ..
+            }) => false,
             None if self.side == Side::Server && id != 0 => {
-                self.streams.insert(id, Entry { state: StreamState::Opened, fallback: false });
+                self.streams.insert(
+                    id,
+                    Entry {
+                        state: StreamState::Opened,
+                        fallback: false,
+                    },
+                );
                 deliver(Delivery::Opened(id));
                 true
             }
@@ -368,7 +401,11 @@ impl Session {
                 self.peer_closed(stream_id, deliver);
                 Ok(())
             }
-            Message::FallbackData { stream_id, status, data } => {
+            Message::FallbackData {
+                stream_id,
+                status,
+                data,
+            } => {
                 self.metrics.fallback_read_count += 1;
                 self.trip_breaker(now_ms);
                 if (status & 0xff) as u8 != STATUS_OPENED {

@@ -17,11 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: echo_client <socket path> --memfd|--devshm";
     let path = args.iter().find(|a| !a.starts_with("--")).ok_or(usage)?;
-    let mut config = Config::default();
-    config.mem_mode = match args.iter().find(|a| a.starts_with("--")).map(String::as_str) {
+    let mem_mode = match args
+        .iter()
+        .find(|a| a.starts_with("--"))
+        .map(String::as_str)
+    {
         Some("--memfd") | None => MemMode::Memfd,
         Some("--devshm") => MemMode::File,
         Some(other) => return Err(format!("unknown option {other}; {usage}").into()),
+    };
+    let config = Config {
+        mem_mode,
+        ..Config::default()
     };
     let session = Session::connect(path, config)?;
     let mut stream = session.open_stream()?;

@@ -12,13 +12,19 @@ use shmlink::{Config, Listener, Session, Stream};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = args.iter().find(|a| !a.starts_with("--")).ok_or("usage: echo_server <socket path> [--memfd|--devshm]")?;
+    let path = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .ok_or("usage: echo_server <socket path> [--memfd|--devshm]")?;
     let once = args.iter().any(|a| a == "--once");
     let listener = Listener::bind(path, Config::default())?;
     eprintln!("echo_server: listening on {path}");
     loop {
         let session = listener.accept()?;
-        eprintln!("echo_server: session up (protocol version {})", session.version());
+        eprintln!(
+            "echo_server: session up (protocol version {})",
+            session.version()
+        );
         let worker = std::thread::spawn(move || serve_session(session));
         if once {
             worker.join().map_err(|_| "session thread panicked")??;
@@ -60,7 +66,9 @@ fn echo(mut stream: Stream) -> Result<(), shmlink::Error> {
         }
         let n = u32::from_be_bytes(len) as usize;
         payload.resize(n, 0);
-        stream.read_exact(&mut payload).map_err(|e| shmlink::Error::SessionClosed(e.to_string()))?;
+        stream
+            .read_exact(&mut payload)
+            .map_err(|e| shmlink::Error::SessionClosed(e.to_string()))?;
         // One flush per echo: length and payload written in place into shared memory.
         let mut reply = stream.reserve(4 + n)?;
         reply.write_at(0, &len);

@@ -52,11 +52,20 @@ impl Config {
     /// Checks the configuration, naming the first problem.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(msg));
-        if self.queue_cap == 0 || self.queue_cap % 16 != 0 || !queue::capacity_is_safe(self.queue_cap) {
-            return bad(format!("queue_cap {} must be a non-zero multiple of 16", self.queue_cap));
+        if self.queue_cap == 0
+            || self.queue_cap % 16 != 0
+            || !queue::capacity_is_safe(self.queue_cap)
+        {
+            return bad(format!(
+                "queue_cap {} must be a non-zero multiple of 16",
+                self.queue_cap
+            ));
         }
         if self.buffer_capacity < 1 << 20 {
-            return bad(format!("buffer_capacity {} is below the 1 MiB minimum", self.buffer_capacity));
+            return bad(format!(
+                "buffer_capacity {} is below the 1 MiB minimum",
+                self.buffer_capacity
+            ));
         }
         if let Err(e) = buffer::plan(self.buffer_capacity as u64, &self.size_classes) {
             return bad(format!("size_classes: {e}"));

@@ -17,12 +17,18 @@ pub struct Listener {
 impl Listener {
     /// Listens on a unix socket path (a stale socket file there is replaced, as Go does).
     pub fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
-        Ok(Self { inner: socket::Listener::bind_unix(path.as_ref())?, config })
+        Ok(Self {
+            inner: socket::Listener::bind_unix(path.as_ref())?,
+            config,
+        })
     }
 
     /// Listens on a TCP address (clients must use file mode).
     pub fn bind_tcp(addr: impl std::net::ToSocketAddrs, config: Config) -> Result<Self, Error> {
-        Ok(Self { inner: socket::Listener::bind_tcp(addr)?, config })
+        Ok(Self {
+            inner: socket::Listener::bind_tcp(addr)?,
+            config,
+        })
     }
 
     /// The bound TCP address, for TCP listeners.

@@ -70,7 +70,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("version", &self.version()).field("closed", &self.is_closed()).finish()
+        f.debug_struct("Session")
+            .field("version", &self.version())
+            .field("closed", &self.is_closed())
+            .finish()
     }
 }
 
@@ -82,12 +85,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Go's server shares one mapping per buffer path (PROTOCOL.md 4.12), and a client that opens
 /// several sessions announces the same path for all of them.
 fn buffer_registry() -> &'static Mutex<HashMap<Vec<u8>, Weak<SharedRegion>>> {
-    static REGISTRY: std::sync::OnceLock<Mutex<HashMap<Vec<u8>, Weak<SharedRegion>>>> = std::sync::OnceLock::new();
+    static REGISTRY: std::sync::OnceLock<Mutex<HashMap<Vec<u8>, Weak<SharedRegion>>>> =
+        std::sync::OnceLock::new();
     REGISTRY.get_or_init(Default::default)
 }
 
 fn handshake_err(timeout: Duration) -> impl Fn(TransportError) -> Error {
-    move |e| if e.is_timeout() { Error::HandshakeTimeout(timeout) } else { Error::Transport(e) }
+    move |e| {
+        if e.is_timeout() {
+            Error::HandshakeTimeout(timeout)
+        } else {
+            Error::Transport(e)
+        }
+    }
 }
 
 impl Session {
@@ -97,7 +107,10 @@ impl Session {
     }
 
     /// Connects over TCP (file mode only: memfds cannot cross TCP).
-    pub fn connect_tcp(addr: impl std::net::ToSocketAddrs, config: Config) -> Result<Session, Error> {
+    pub fn connect_tcp(
+        addr: impl std::net::ToSocketAddrs,
+        config: Config,
+    ) -> Result<Session, Error> {
         if config.mem_mode == MemMode::Memfd {
             return Err(TransportError::MemfdOverTcp.into());
         }
@@ -127,7 +140,9 @@ impl Session {
         };
         let shm = Shm::create(queue, buffer, config.queue_cap, &config.size_classes)?;
         let mut hs = match (config.mem_mode, config.file_mode_v3) {
-            (MemMode::File, true) => ClientHandshake::v3_file(queue_path.as_bytes(), buffer_path.as_bytes()),
+            (MemMode::File, true) => {
+                ClientHandshake::v3_file(queue_path.as_bytes(), buffer_path.as_bytes())
+            }
             (mode, _) => ClientHandshake::new(mode, queue_path.as_bytes(), buffer_path.as_bytes()),
         };
         let timeout = config.initialize_timeout;
@@ -139,20 +154,25 @@ impl Session {
             set_deadline(&conn, deadline, timeout)?;
             out = match out {
                 Output::Send(bytes) => {
-                    conn.send(&bytes, "send a handshake frame").map_err(&to_err)?;
+                    conn.send(&bytes, "send a handshake frame")
+                        .map_err(&to_err)?;
                     hs.step(Input::Sent)?
                 }
                 Output::ReadFrame => {
-                    conn.read_frame(&mut frame_buf, "read a handshake frame").map_err(&to_err)?;
+                    conn.read_frame(&mut frame_buf, "read a handshake frame")
+                        .map_err(&to_err)?;
                     hs.step(Input::Frame(decode_one(&frame_buf)?))?
                 }
                 Output::SendFds => {
-                    conn.send_fds(shm.buffer_mapping().fd(), shm.queue_mapping().fd()).map_err(&to_err)?;
+                    conn.send_fds(shm.buffer_mapping().fd(), shm.queue_mapping().fd())
+                        .map_err(&to_err)?;
                     hs.step(Input::Sent)?
                 }
                 Output::Done { version } => break version,
                 Output::RecvFds | Output::Map { .. } => {
-                    return Err(Error::SessionClosed("client handshake asked for a server step".into()));
+                    return Err(Error::SessionClosed(
+                        "client handshake asked for a server step".into(),
+                    ));
                 }
             };
         };
@@ -174,11 +194,13 @@ impl Session {
             set_deadline(&conn, deadline, timeout)?;
             out = match out {
                 Output::ReadFrame => {
-                    conn.read_frame(&mut frame_buf, "read a handshake frame").map_err(&to_err)?;
+                    conn.read_frame(&mut frame_buf, "read a handshake frame")
+                        .map_err(&to_err)?;
                     hs.step(Input::Frame(decode_one(&frame_buf)?))?
                 }
                 Output::Send(bytes) => {
-                    conn.send(&bytes, "send a handshake frame").map_err(&to_err)?;
+                    conn.send(&bytes, "send a handshake frame")
+                        .map_err(&to_err)?;
                     hs.step(Input::Sent)?
                 }
                 Output::RecvFds => {
@@ -188,19 +210,39 @@ impl Session {
                     fds = Some(conn.recv_fds().map_err(&to_err)?);
                     hs.step(Input::FdsReceived)?
                 }
-                Output::Map { mode, queue_path, buffer_path } => {
-                    shm = Some(map_client_regions(mode, &queue_path, &buffer_path, fds.take())?);
+                Output::Map {
+                    mode,
+                    queue_path,
+                    buffer_path,
+                } => {
+                    shm = Some(map_client_regions(
+                        mode,
+                        &queue_path,
+                        &buffer_path,
+                        fds.take(),
+                    )?);
                     hs.step(Input::Mapped)?
                 }
                 Output::Done { version } => break version,
-                Output::SendFds => return Err(Error::SessionClosed("server handshake asked for a client step".into())),
+                Output::SendFds => {
+                    return Err(Error::SessionClosed(
+                        "server handshake asked for a client step".into(),
+                    ));
+                }
             };
         };
-        let shm = shm.ok_or_else(|| Error::SessionClosed("handshake finished without mapping".into()))?;
+        let shm =
+            shm.ok_or_else(|| Error::SessionClosed("handshake finished without mapping".into()))?;
         Self::start(conn, shm, Side::Server, version, config)
     }
 
-    fn start(conn: Conn, shm: Shm, side: Side, version: u8, config: Config) -> Result<Session, Error> {
+    fn start(
+        conn: Conn,
+        shm: Shm,
+        side: Side,
+        version: u8,
+        config: Config,
+    ) -> Result<Session, Error> {
         conn.set_read_timeout(None)?;
         conn.set_write_timeout(Some(config.connection_write_timeout))?;
         let reader = conn.try_clone()?;
@@ -232,10 +274,13 @@ impl Session {
     pub fn open_stream(&self) -> Result<Stream, Error> {
         let inner = &self.inner;
         let mut state = inner.live_state()?;
-        let id = state.core.open_stream(inner.now_ms()).map_err(|e| match e {
-            core_session::SessionError::Unhealthy => Error::Unhealthy,
-            e => Error::Protocol(e),
-        })?;
+        let id = state
+            .core
+            .open_stream(inner.now_ms())
+            .map_err(|e| match e {
+                core_session::SessionError::Unhealthy => Error::Unhealthy,
+                e => Error::Protocol(e),
+            })?;
         let shared = Arc::new(StreamShared::new(id));
         state.streams.insert(id, Arc::clone(&shared));
         Ok(Stream::new(Arc::clone(inner), shared))
@@ -254,13 +299,20 @@ impl Session {
                 return Err(Error::SessionClosed(reason.clone()));
             }
             state = match deadline {
-                None => inner.accept_cv.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => inner
+                    .accept_cv
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return Err(Error::Timeout);
                     }
-                    inner.accept_cv.wait_timeout(state, d - now).unwrap_or_else(|e| e.into_inner()).0
+                    inner
+                        .accept_cv
+                        .wait_timeout(state, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
             };
         }
@@ -328,7 +380,10 @@ fn set_deadline(conn: &Conn, deadline: Instant, timeout: Duration) -> Result<(),
 fn decode_one(bytes: &[u8]) -> Result<Frame<'_>, Error> {
     match Frame::decode(bytes).map_err(TransportError::from)? {
         Decoded::Frame(frame, _) => Ok(frame),
-        Decoded::Incomplete { .. } => Err(TransportError::Closed { context: "read a handshake frame" }.into()),
+        Decoded::Incomplete { .. } => Err(TransportError::Closed {
+            context: "read a handshake frame",
+        }
+        .into()),
     }
 }
 
@@ -341,8 +396,13 @@ fn map_client_regions(
     let queue_name = String::from_utf8_lossy(queue_path).into_owned();
     let buffer_name = String::from_utf8_lossy(buffer_path).into_owned();
     let (queue, new_buffer_fd) = match (mode, fds) {
-        (MemMode::Memfd, Some([buffer_fd, queue_fd])) => (SharedRegion::from_fd(queue_fd, &queue_name)?, Some(buffer_fd)),
-        (MemMode::Memfd, None) => return Err(Error::SessionClosed("memfd handshake without fds".into())),
+        (MemMode::Memfd, Some([buffer_fd, queue_fd])) => (
+            SharedRegion::from_fd(queue_fd, &queue_name)?,
+            Some(buffer_fd),
+        ),
+        (MemMode::Memfd, None) => {
+            return Err(Error::SessionClosed("memfd handshake without fds".into()));
+        }
         (MemMode::File, _) => {
             let q = SharedRegion::open_file(Path::new(OsStr::from_bytes(queue_path)))?;
             // Remove the peer's file only once it proved to be a shmipc region (below).
@@ -435,7 +495,9 @@ impl Inner {
                     return self.send_frame(&Frame::new(self.version(), Message::Polling), &[]);
                 }
                 Ok(Wake::PeerAwake) => return Ok(()),
-                Err(QueueError::Full { .. }) if attempt < QUEUE_FULL_RETRIES => std::thread::sleep(QUEUE_FULL_WAIT),
+                Err(QueueError::Full { .. }) if attempt < QUEUE_FULL_RETRIES => {
+                    std::thread::sleep(QUEUE_FULL_WAIT)
+                }
                 Err(QueueError::Full { .. }) => {
                     lock(&self.state).core.metrics_mut().queue_full_error_count += 1;
                     return Err(Error::QueueFull);
@@ -467,7 +529,10 @@ impl Inner {
                 }
                 Ok(Wake::PeerAwake) => {}
                 Err(QueueError::Full { .. }) => {
-                    let _ = self.send_frame(&Frame::new(self.version(), Message::StreamClose { stream_id: id }), &[]);
+                    let _ = self.send_frame(
+                        &Frame::new(self.version(), Message::StreamClose { stream_id: id }),
+                        &[],
+                    );
                 }
                 Err(e) => self.shutdown(format!("send queue corrupted: {e}")),
             }
@@ -475,7 +540,10 @@ impl Inner {
     }
 
     fn close_reason(&self) -> String {
-        lock(&self.state).close_reason.clone().unwrap_or_else(|| "closed".into())
+        lock(&self.state)
+            .close_reason
+            .clone()
+            .unwrap_or_else(|| "closed".into())
     }
 
     /// Marks the session closed, wakes everyone, and shuts the socket down.
@@ -511,7 +579,12 @@ impl Inner {
         let mut polling = false;
         {
             let mut state = lock(&self.state);
-            let State { core, streams, accept, .. } = &mut *state;
+            let State {
+                core,
+                streams,
+                accept,
+                ..
+            } = &mut *state;
             let mut opened = false;
             core.on_frame(frame, self.now_ms(), &mut |d| {
                 opened |= self.deliver(streams, accept, d);
@@ -534,7 +607,12 @@ impl Inner {
         let mut consumer = lock(&self.shm.recv);
         loop {
             let mut state = lock(&self.state);
-            let State { core, streams, accept, .. } = &mut *state;
+            let State {
+                core,
+                streams,
+                accept,
+                ..
+            } = &mut *state;
             let mut opened = false;
             while let Some(element) = consumer.pop()? {
                 core.on_element(element, &self.shm.buffers, &mut |d| {

@@ -56,7 +56,10 @@ impl Shm {
     }
 
     /// The server's side: validates and attaches to the client's regions.
-    pub(crate) fn attach(queue_mapping: SharedRegion, buffer_mapping: Arc<SharedRegion>) -> Result<Self, Error> {
+    pub(crate) fn attach(
+        queue_mapping: SharedRegion,
+        buffer_mapping: Arc<SharedRegion>,
+    ) -> Result<Self, Error> {
         let queue_region = unbounded(&queue_mapping);
         let buffer_region = unbounded(&buffer_mapping);
         let pair = queue::attach_region(queue_region, Side::Server)?;
@@ -88,7 +91,9 @@ impl Shm {
     /// A hostile peer can still write these bytes while they are borrowed: the bytes are not
     /// a stable snapshot against a peer that breaks the protocol (see the crate docs).
     pub(crate) fn bytes(&self, data: u32, len: u32) -> &[u8] {
-        let Some(ptr) = self.buffer_region.bytes_ptr(data as usize, len as usize) else { return &[] };
+        let Some(ptr) = self.buffer_region.bytes_ptr(data as usize, len as usize) else {
+            return &[];
+        };
         // SAFETY: in bounds of the live buffer mapping (checked by bytes_ptr), which outlives
         // `&self`. The slice belongs to a received chain we hold (or our own allocation), so
         // no correct peer writes it until we recycle it, which happens only after the borrow
@@ -102,8 +107,11 @@ impl Shm {
     ///
     /// `data..data+len` must be inside a slice this process allocated, not yet published or
     /// recycled, and no other `&mut` to it may exist.
+    #[allow(clippy::mut_from_ref)] // the memory is shared, not owned by `self`; see above
     pub(crate) unsafe fn bytes_mut(&self, data: u32, len: u32) -> &mut [u8] {
-        let Some(ptr) = self.buffer_region.bytes_ptr(data as usize, len as usize) else { return &mut [] };
+        let Some(ptr) = self.buffer_region.bytes_ptr(data as usize, len as usize) else {
+            return &mut [];
+        };
         // SAFETY: in bounds (checked); exclusivity is the caller's contract: the slice is ours
         // alone until we publish or recycle it.
         unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len as usize) }

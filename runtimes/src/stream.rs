@@ -65,7 +65,11 @@ fn lock(m: &Mutex<RecvState>) -> MutexGuard<'_, RecvState> {
 
 impl StreamShared {
     pub(crate) fn new(id: u32) -> Self {
-        Self { id, recv: Mutex::new(RecvState::default()), cv: Condvar::new() }
+        Self {
+            id,
+            recv: Mutex::new(RecvState::default()),
+            cv: Condvar::new(),
+        }
     }
 
     /// Appends received bytes; a chunk for a stream closed locally comes back to be recycled.
@@ -101,13 +105,21 @@ pub struct Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("id", &self.shared.id).field("closed", &self.closed).finish()
+        f.debug_struct("Stream")
+            .field("id", &self.shared.id)
+            .field("closed", &self.closed)
+            .finish()
     }
 }
 
 impl Stream {
     pub(crate) fn new(inner: Arc<Inner>, shared: Arc<StreamShared>) -> Self {
-        Self { inner, shared, read_timeout: None, closed: false }
+        Self {
+            inner,
+            shared,
+            read_timeout: None,
+            closed: false,
+        }
     }
 
     /// The stream id (the client's first stream is 2).
@@ -122,7 +134,10 @@ impl Stream {
 
     /// Whether this stream now sends over the socket because shared memory ran out.
     pub fn is_fallback(&self) -> bool {
-        matches!(self.inner.lock_state().core.route(self.id()), Ok(Route::Fallback))
+        matches!(
+            self.inner.lock_state().core.route(self.id()),
+            Ok(Route::Fallback)
+        )
     }
 
     fn route(&self) -> Result<Route, Error> {
@@ -141,7 +156,10 @@ impl Stream {
             return Err(Error::StreamClosed);
         }
         if n > MAX_FRAME_LEN as usize - 16 {
-            return Err(Error::Config(format!("a single flush is limited to {} bytes", MAX_FRAME_LEN - 16)));
+            return Err(Error::Config(format!(
+                "a single flush is limited to {} bytes",
+                MAX_FRAME_LEN - 16
+            )));
         }
         let kind = match self.route()? {
             Route::Fallback => Reserved::Heap(vec![0; n]),
@@ -156,18 +174,31 @@ impl Stream {
                         let (data, cap) = buffers.data_area(segment.slice)?;
                         let usable = u64::from(cap).min(left) as u32;
                         left -= u64::from(usable);
-                        slices.push(Slice { slice: segment.slice, data, len: usable });
+                        slices.push(Slice {
+                            slice: segment.slice,
+                            data,
+                            len: usable,
+                        });
                     }
                     Reserved::Shm(slices)
                 }
                 Err(BufferError::NoMoreBuffer { .. }) => {
-                    self.inner.lock_state().core.metrics_mut().alloc_shm_error_count += 1;
+                    self.inner
+                        .lock_state()
+                        .core
+                        .metrics_mut()
+                        .alloc_shm_error_count += 1;
                     Reserved::Heap(vec![0; n])
                 }
                 Err(e) => return Err(e.into()),
             },
         };
-        Ok(Reservation { stream: self, len: n, kind, done: false })
+        Ok(Reservation {
+            stream: self,
+            len: n,
+            kind,
+            done: false,
+        })
     }
 
     /// Writes `data` as one flush (copied once, into shared memory).
@@ -191,10 +222,16 @@ impl Stream {
         let chunk = recv.chunks.pop_front().ok_or(Error::StreamClosed)?;
         drop(recv);
         let kind = match chunk {
-            Chunk::Shm(segment) => ViewKind::Shm { segment, start: offset as u32 },
+            Chunk::Shm(segment) => ViewKind::Shm {
+                segment,
+                start: offset as u32,
+            },
             Chunk::Heap(bytes) => ViewKind::Heap(bytes, offset),
         };
-        Ok(Some(View { inner: Arc::clone(&self.inner), kind }))
+        Ok(Some(View {
+            inner: Arc::clone(&self.inner),
+            kind,
+        }))
     }
 
     /// Waits for data; `None` means end of stream.
@@ -221,7 +258,11 @@ impl Stream {
                     if now >= d {
                         return Err(Error::Timeout);
                     }
-                    self.shared.cv.wait_timeout(recv, d - now).unwrap_or_else(|e| e.into_inner()).0
+                    self.shared
+                        .cv
+                        .wait_timeout(recv, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
             };
         }
@@ -271,7 +312,10 @@ impl Stream {
         for s in &slices[used..] {
             buffers.recycle(s.slice)?;
         }
-        if let Err(e) = self.inner.push_element(Element::data(self.id(), slices[0].slice)) {
+        if let Err(e) = self
+            .inner
+            .push_element(Element::data(self.id(), slices[0].slice))
+        {
             for s in &slices[..used] {
                 let _ = buffers.recycle(s.slice);
             }
@@ -283,10 +327,20 @@ impl Stream {
 
     fn send_fallback(&self, data: &[u8]) -> Result<(), Error> {
         let version = self.inner.lock_state().core.version();
-        let frame = Frame::new(version, Message::FallbackData { stream_id: self.id(), status: 0, data });
+        let frame = Frame::new(
+            version,
+            Message::FallbackData {
+                stream_id: self.id(),
+                status: 0,
+                data,
+            },
+        );
         self.inner.send_frame(&frame, data)?;
         let now = self.inner.now_ms();
-        self.inner.lock_state().core.sent_fallback(self.id(), data.len() as u64, now);
+        self.inner
+            .lock_state()
+            .core
+            .sent_fallback(self.id(), data.len() as u64, now);
         Ok(())
     }
 }
@@ -305,10 +359,14 @@ impl io::Read for Stream {
         let mut done = Vec::new();
         let mut copied = 0;
         {
-            let Some(mut recv) = self.wait_readable()? else { return Ok(0) };
+            let Some(mut recv) = self.wait_readable()? else {
+                return Ok(0);
+            };
             while copied < buf.len() {
                 let offset = recv.front_offset;
-                let Some(front) = recv.chunks.front() else { break };
+                let Some(front) = recv.chunks.front() else {
+                    break;
+                };
                 let bytes: &[u8] = match front {
                     Chunk::Shm(s) => &self.inner.shm.bytes(s.data, s.len)[offset..],
                     Chunk::Heap(v) => &v[offset..],
@@ -413,7 +471,10 @@ impl Reservation<'_> {
     ///
     /// If `offset + data.len()` exceeds the reservation.
     pub fn write_at(&mut self, offset: usize, data: &[u8]) {
-        assert!(offset + data.len() <= self.len, "write past the end of a reservation");
+        assert!(
+            offset + data.len() <= self.len,
+            "write past the end of a reservation"
+        );
         let mut skip = offset;
         let mut data = data;
         for piece in self.chunks_mut() {
@@ -455,7 +516,7 @@ impl Reservation<'_> {
                 let mut bytes = Vec::with_capacity(written);
                 for s in &slices {
                     let take = (s.len as usize).min(written - bytes.len());
-                    bytes.extend_from_slice(&stream.inner.shm.bytes(s.data, take as u32));
+                    bytes.extend_from_slice(stream.inner.shm.bytes(s.data, take as u32));
                 }
                 release(stream, &Reserved::Shm(slices));
                 stream.send_fallback(&bytes)
@@ -499,7 +560,10 @@ pub struct View {
 
 impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("View").field("len", &self.len()).field("shared_memory", &self.is_shared_memory()).finish()
+        f.debug_struct("View")
+            .field("len", &self.len())
+            .field("shared_memory", &self.is_shared_memory())
+            .finish()
     }
 }
 
@@ -515,9 +579,10 @@ impl Deref for View {
 
     fn deref(&self) -> &[u8] {
         match &self.kind {
-            ViewKind::Shm { segment, start } => {
-                self.inner.shm.bytes(segment.data + start, segment.len - start)
-            }
+            ViewKind::Shm { segment, start } => self
+                .inner
+                .shm
+                .bytes(segment.data + start, segment.len - start),
             ViewKind::Heap(bytes, start) => &bytes[*start..],
         }
     }

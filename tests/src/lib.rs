@@ -7,7 +7,9 @@ use shmlink::{Error, Session, Stream};
 
 /// The payload of message `index` of `size` bytes: a pattern that differs per message.
 pub fn payload(size: usize, index: usize) -> Vec<u8> {
-    (0..size).map(|k| (k.wrapping_mul(31) ^ index.wrapping_mul(131)) as u8).collect()
+    (0..size)
+        .map(|k| (k.wrapping_mul(31) ^ index.wrapping_mul(131)) as u8)
+        .collect()
 }
 
 /// Sends one framed message as a single flush.
@@ -27,7 +29,9 @@ pub fn recv_framed(stream: &mut Stream) -> Result<Option<Vec<u8>>, Error> {
         Err(e) => return Err(Error::SessionClosed(e.to_string())),
     }
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut body).map_err(|e| Error::SessionClosed(e.to_string()))?;
+    stream
+        .read_exact(&mut body)
+        .map_err(|e| Error::SessionClosed(e.to_string()))?;
     Ok(Some(body))
 }
 
@@ -58,7 +62,9 @@ pub fn echo_session(session: &Session, limit: Option<usize>) -> Result<usize, Er
     }
     let mut total = 0;
     for w in workers {
-        total += w.join().map_err(|_| Error::SessionClosed("echo thread panicked".into()))??;
+        total += w
+            .join()
+            .map_err(|_| Error::SessionClosed("echo thread panicked".into()))??;
     }
     Ok(total)
 }
@@ -70,7 +76,12 @@ pub fn check_echoes(stream: &mut Stream, sizes: &[usize], salt: usize) -> Result
         send_framed(stream, &body).map_err(|e| format!("send {size}: {e}"))?;
         match recv_framed(stream).map_err(|e| format!("recv {size}: {e}"))? {
             Some(echo) if echo == body => {}
-            Some(echo) => return Err(format!("echo of {size} bytes differs ({} bytes back)", echo.len())),
+            Some(echo) => {
+                return Err(format!(
+                    "echo of {size} bytes differs ({} bytes back)",
+                    echo.len()
+                ));
+            }
             None => return Err(format!("stream ended before the echo of {size} bytes")),
         }
     }

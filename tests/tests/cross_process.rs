@@ -12,7 +12,10 @@ const PEER: &str = env!("CARGO_BIN_EXE_shmlink-peer");
 const SIZES: &str = "1,100,8172,8173,131052,200000,1048576,4194304";
 
 fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
@@ -24,7 +27,11 @@ fn socket_path(name: &str) -> PathBuf {
 fn leftover_files(prefix: &str) -> Vec<String> {
     let stem = prefix.rsplit('/').next().unwrap().to_owned();
     std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&stem)).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&stem))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -57,7 +64,11 @@ fn serve_child_client(mode: &str, extra: &[&str], sessions: usize) {
     let sessions_arg = sessions.to_string();
     args.extend(["--sessions", &sessions_arg]);
     args.extend(extra);
-    let child = Command::new(PEER).args(&args).stderr(Stdio::piped()).spawn().unwrap();
+    let child = Command::new(PEER)
+        .args(&args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let servers: Vec<_> = (0..sessions)
         .map(|_| {
             let session = listener.accept().unwrap();
@@ -73,11 +84,18 @@ fn serve_child_client(mode: &str, extra: &[&str], sessions: usize) {
         let (echoed, session) = s.join().unwrap();
         assert!(echoed > 0);
         assert!(session.is_closed());
-        assert!(session.all_buffers_free(), "every free list back to full capacity");
+        assert!(
+            session.all_buffers_free(),
+            "every free list back to full capacity"
+        );
         assert_eq!(session.shared_memory_usage().1, 0);
         drop(session);
     }
-    assert_eq!(leftover_files(&prefix), Vec::<String>::new(), "files left in /dev/shm");
+    assert_eq!(
+        leftover_files(&prefix),
+        Vec::<String>::new(),
+        "files left in /dev/shm"
+    );
 }
 
 #[test]
@@ -92,12 +110,20 @@ fn devshm_messages_from_1_byte_to_4_mib_echo_between_processes() {
 
 #[test]
 fn many_streams_on_one_session_keep_their_bytes_apart() {
-    serve_child_client("--memfd", &["--streams", "8", "--sizes", "1,5000,70000,300000"], 1);
+    serve_child_client(
+        "--memfd",
+        &["--streams", "8", "--sizes", "1,5000,70000,300000"],
+        1,
+    );
 }
 
 #[test]
 fn several_sessions_from_one_client_process() {
-    serve_child_client("--memfd", &["--streams", "2", "--sizes", "10,9000,200000"], 3);
+    serve_child_client(
+        "--memfd",
+        &["--streams", "2", "--sizes", "10,9000,200000"],
+        3,
+    );
     serve_child_client("--devshm", &["--streams", "2", "--sizes", "10,9000"], 2);
 }
 
@@ -106,8 +132,22 @@ fn server_closing_a_stream_ends_it_for_the_client_process() {
     let sock = socket_path("shmlink-close");
     let prefix = format!("/dev/shm/{}", unique("shmlink-close"));
     let listener = Listener::bind(&sock, Config::default()).unwrap();
-    let args = ["client", sock.to_str().unwrap(), "--memfd", "--prefix", &prefix, "--sizes", "100,200,300", "--expect-close-after", "2"];
-    let child = Command::new(PEER).args(args).stderr(Stdio::piped()).spawn().unwrap();
+    let args = [
+        "client",
+        sock.to_str().unwrap(),
+        "--memfd",
+        "--prefix",
+        &prefix,
+        "--sizes",
+        "100,200,300",
+        "--expect-close-after",
+        "2",
+    ];
+    let child = Command::new(PEER)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let session = listener.accept().unwrap();
     let echoed = echo_session(&session, Some(2)).unwrap();
     wait_success(child, Duration::from_secs(60));
@@ -129,11 +169,17 @@ fn client_to_child_server(mode: MemMode) {
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "ready");
     }
     let prefix = format!("/dev/shm/{}", unique("shmlink-rev"));
-    let config = Config { mem_mode: mode, path_prefix: prefix.clone(), ..Config::default() };
+    let config = Config {
+        mem_mode: mode,
+        path_prefix: prefix.clone(),
+        ..Config::default()
+    };
     let session = Session::connect(&sock, config).unwrap();
     let mut stream = session.open_stream().unwrap();
     let sizes: Vec<usize> = SIZES.split(',').map(|s| s.parse().unwrap()).collect();
@@ -144,7 +190,11 @@ fn client_to_child_server(mode: MemMode) {
     drop(stream);
     drop(session);
     wait_success(child, Duration::from_secs(60));
-    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    assert!(
+        leftover_files(&prefix).is_empty(),
+        "{:?}",
+        leftover_files(&prefix)
+    );
 }
 
 #[test]
@@ -169,7 +219,9 @@ fn a_peer_process_killed_mid_session_ends_the_session_with_an_error_not_a_hang()
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
     }
     let session = Session::connect(&sock, Config::default()).unwrap();
     let mut stream = session.open_stream().unwrap();

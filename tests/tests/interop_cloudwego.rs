@@ -24,7 +24,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SIZES: [usize; 6] = [1, 4000, 8172, 131_052, 200_000, 1 << 20];
 
 fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
@@ -35,12 +38,20 @@ fn socket_path(name: &str) -> PathBuf {
 fn leftover_files(prefix: &str) -> Vec<String> {
     let stem = prefix.rsplit('/').next().unwrap().to_owned();
     std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&stem)).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&stem))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn their_config(mode: MemMapType, prefix: &str, small_buffer: bool) -> SessionManagerConfig {
@@ -50,13 +61,19 @@ fn their_config(mode: MemMapType, prefix: &str, small_buffer: bool) -> SessionMa
     if small_buffer {
         // 1 MiB of 4 KiB slices: a 2 MiB message cannot fit and must fall back.
         c.config_mut().share_memory_buffer_cap = 1 << 20;
-        c.config_mut().buffer_slice_sizes = vec![SizePercentPair { size: 4096, percent: 100 }];
+        c.config_mut().buffer_slice_sizes = vec![SizePercentPair {
+            size: 4096,
+            percent: 100,
+        }];
     }
     c
 }
 
 async fn their_echo_roundtrip(stream: &mut StreamExt, body: &[u8]) -> Vec<u8> {
-    stream.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
     stream.write_all(body).await.unwrap();
     stream.flush().await.unwrap();
     let mut len = [0u8; 4];
@@ -67,7 +84,11 @@ async fn their_echo_roundtrip(stream: &mut StreamExt, body: &[u8]) -> Vec<u8> {
 }
 
 /// Their client (SessionManager) against our server (Listener).
-fn their_client_our_server(mode: MemMapType, sizes: &[usize], small_buffer: bool) -> (bool, shmlink::Metrics) {
+fn their_client_our_server(
+    mode: MemMapType,
+    sizes: &[usize],
+    small_buffer: bool,
+) -> (bool, shmlink::Metrics) {
     let expected = sizes.len();
     let sock = socket_path("interop-theirs-c");
     let prefix = format!("/dev/shm/{}", unique("interop-tc"));
@@ -82,14 +103,21 @@ fn their_client_our_server(mode: MemMapType, sizes: &[usize], small_buffer: bool
     let sizes = sizes.to_vec();
     let config = their_config(mode, &prefix, small_buffer);
     let fallback = rt.block_on(async move {
-        let sm = SessionManager::new(config, DefaultUnixConnect, SocketAddr::from_pathname(&sock).unwrap())
-            .await
-            .unwrap();
+        let sm = SessionManager::new(
+            config,
+            DefaultUnixConnect,
+            SocketAddr::from_pathname(&sock).unwrap(),
+        )
+        .await
+        .unwrap();
         let stream = sm.get_stream().unwrap();
         let mut stream = StreamExt::new(stream);
         for (i, &size) in sizes.iter().enumerate() {
             let body = payload(size, i);
-            assert!(their_echo_roundtrip(&mut stream, &body).await == body, "echo of {size} bytes");
+            assert!(
+                their_echo_roundtrip(&mut stream, &body).await == body,
+                "echo of {size} bytes"
+            );
         }
         let fallback = stream.inner_mut().fallback_state();
         stream.inner_mut().close().await.unwrap();
@@ -102,9 +130,16 @@ fn their_client_our_server(mode: MemMapType, sizes: &[usize], small_buffer: bool
     let (all_free, metrics, session) = server.join().unwrap();
     assert!(all_free, "every slice back in its free list");
     drop(session);
-    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    assert!(
+        leftover_files(&prefix).is_empty(),
+        "{:?}",
+        leftover_files(&prefix)
+    );
     if small_buffer {
-        assert!(fallback, "their stream should be in fallback after a 2 MiB write into 1 MiB");
+        assert!(
+            fallback,
+            "their stream should be in fallback after a 2 MiB write into 1 MiB"
+        );
     }
     (fallback, metrics)
 }
@@ -137,7 +172,11 @@ fn our_client_their_server(config: Config, sizes: &[usize]) -> (bool, shmlink::M
     let listen_addr = SocketAddr::from_pathname(&sock).unwrap();
     let server_config = cloudwego_shmipc::config::Config::default();
     let mut listener = rt
-        .block_on(cloudwego_shmipc::Listener::new(DefaultUnixListen, listen_addr, server_config))
+        .block_on(cloudwego_shmipc::Listener::new(
+            DefaultUnixListen,
+            listen_addr,
+            server_config,
+        ))
         .unwrap();
     rt.spawn(async move {
         while let Ok(stream) = listener.accept().await {
@@ -152,7 +191,9 @@ fn our_client_their_server(config: Config, sizes: &[usize]) -> (bool, shmlink::M
                     if stream.read_exact(&mut body).await.is_err() {
                         break;
                     }
-                    if stream.write_all(&len).await.is_err() || stream.write_all(&body).await.is_err() {
+                    if stream.write_all(&len).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                    {
                         break;
                     }
                     if stream.flush().await.is_err() {
@@ -189,12 +230,20 @@ fn our_client_their_server(config: Config, sizes: &[usize]) -> (bool, shmlink::M
     while !leftover_files(&prefix).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    assert!(
+        leftover_files(&prefix).is_empty(),
+        "{:?}",
+        leftover_files(&prefix)
+    );
     (fallback, metrics)
 }
 
 fn our_config(mode: MemMode) -> Config {
-    Config { mem_mode: mode, path_prefix: format!("/dev/shm/{}", unique("interop-oc")), ..Config::default() }
+    Config {
+        mem_mode: mode,
+        path_prefix: format!("/dev/shm/{}", unique("interop-oc")),
+        ..Config::default()
+    }
 }
 
 #[test]
@@ -216,9 +265,18 @@ fn our_devshm_v2_client_echoes_chains_through_their_server() {
 fn our_fallback_message_reaches_their_server_and_comes_back() {
     let mut config = our_config(MemMode::Memfd);
     config.buffer_capacity = 1 << 20;
-    config.size_classes = vec![SizeClass { size: 4096, percent: 100 }];
+    config.size_classes = vec![SizeClass {
+        size: 4096,
+        percent: 100,
+    }];
     let (fallback, m) = our_client_their_server(config, &[100, 2 << 20]);
-    assert!(fallback, "a 2 MiB write into 1 MiB of shared memory must fall back");
+    assert!(
+        fallback,
+        "a 2 MiB write into 1 MiB of shared memory must fall back"
+    );
     assert!(m.fallback_write_count >= 1, "{m:?}");
-    assert!(m.fallback_read_count >= 1, "their reply falls back too: {m:?}");
+    assert!(
+        m.fallback_read_count >= 1,
+        "their reply falls back too: {m:?}"
+    );
 }

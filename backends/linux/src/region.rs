@@ -59,7 +59,11 @@ pub enum RegionError {
 }
 
 fn os<'n>(call: &'static str, name: &'n str) -> impl FnOnce(rustix::io::Errno) -> RegionError + 'n {
-    move |e| RegionError::Os { call, name: name.to_owned(), source: e.into() }
+    move |e| RegionError::Os {
+        call,
+        name: name.to_owned(),
+        source: e.into(),
+    }
 }
 
 /// One mapped shared-memory region. Unmapped on drop; a file region may also be removed.
@@ -88,8 +92,11 @@ impl SharedRegion {
     /// `fallocate`, seals its size and maps it.
     pub fn create_memfd(name: &str, len: usize) -> Result<Self, RegionError> {
         let memfd_name = format!("shmipc{name}");
-        let fd = rustix::fs::memfd_create(memfd_name.as_str(), MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(os("memfd_create", name))?;
+        let fd = rustix::fs::memfd_create(
+            memfd_name.as_str(),
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(os("memfd_create", name))?;
         allocate(&fd, name, len)?;
         // Seal the size: a region that can no longer shrink cannot SIGBUS its mappers.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
@@ -102,8 +109,11 @@ impl SharedRegion {
     pub fn create_file(path: &Path, len: usize) -> Result<Self, RegionError> {
         let name = path.display().to_string();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| RegionError::Os { call: "mkdir", name: name.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| RegionError::Os {
+                call: "mkdir",
+                name: name.clone(),
+                source,
+            })?;
         }
         let fd = rustix::fs::open(
             path,
@@ -111,8 +121,14 @@ impl SharedRegion {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| match e {
-            rustix::io::Errno::EXIST => RegionError::Exists { path: path.to_owned() },
-            e => RegionError::Os { call: "open", name: name.clone(), source: e.into() },
+            rustix::io::Errno::EXIST => RegionError::Exists {
+                path: path.to_owned(),
+            },
+            e => RegionError::Os {
+                call: "open",
+                name: name.clone(),
+                source: e.into(),
+            },
         })?;
         if let Err(e) = allocate(&fd, &name, len) {
             let _ = std::fs::remove_file(path);
@@ -128,7 +144,8 @@ impl SharedRegion {
     /// Go does, whichever side closes first).
     pub fn open_file(path: &Path) -> Result<Self, RegionError> {
         let name = path.display().to_string();
-        let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(os("open", &name))?;
+        let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .map_err(os("open", &name))?;
         let len = peer_size(&fd, &name)?;
         Self::map(fd, name, len, Some(path.to_owned()))
     }
@@ -139,17 +156,39 @@ impl SharedRegion {
         Self::map(fd, name.to_owned(), len, None)
     }
 
-    fn map(fd: OwnedFd, name: String, len: usize, remove_on_drop: Option<PathBuf>) -> Result<Self, RegionError> {
+    fn map(
+        fd: OwnedFd,
+        name: String,
+        len: usize,
+        remove_on_drop: Option<PathBuf>,
+    ) -> Result<Self, RegionError> {
         // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (null hint) of `len` bytes of a
         // regular shared-memory fd; it aliases nothing in this process. `len > 0` (checked by
         // the callers), and the pointer is owned by the returned value, which unmaps it once.
         let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
         }
         .map_err(os("mmap", &name))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| RegionError::BadSize { name: name.clone(), len: 0 })?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| RegionError::BadSize {
+            name: name.clone(),
+            len: 0,
+        })?;
         let remove = remove_on_drop.is_some();
-        Ok(Self { ptr, len, fd, name, path: remove_on_drop, remove_on_drop: AtomicBool::new(remove) })
+        Ok(Self {
+            ptr,
+            len,
+            fd,
+            name,
+            path: remove_on_drop,
+            remove_on_drop: AtomicBool::new(remove),
+        })
     }
 
     /// The mapping as a core [`Region`].
@@ -204,13 +243,22 @@ impl Drop for SharedRegion {
 
 fn allocate(fd: &OwnedFd, name: &str, len: usize) -> Result<(), RegionError> {
     if len == 0 || len as u64 > MAX_REGION {
-        return Err(RegionError::BadSize { name: name.to_owned(), len: len as u64 });
+        return Err(RegionError::BadSize {
+            name: name.to_owned(),
+            len: len as u64,
+        });
     }
     rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len as u64).map_err(|e| match e {
-        rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => {
-            RegionError::NoSpace { name: name.to_owned(), len, source: e.into() }
-        }
-        e => RegionError::Os { call: "fallocate", name: name.to_owned(), source: e.into() },
+        rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => RegionError::NoSpace {
+            name: name.to_owned(),
+            len,
+            source: e.into(),
+        },
+        e => RegionError::Os {
+            call: "fallocate",
+            name: name.to_owned(),
+            source: e.into(),
+        },
     })
 }
 
@@ -218,7 +266,10 @@ fn peer_size(fd: &OwnedFd, name: &str) -> Result<usize, RegionError> {
     let stat = rustix::fs::fstat(fd).map_err(os("fstat", name))?;
     let len = stat.st_size as u64;
     if len == 0 || len > MAX_REGION {
-        return Err(RegionError::BadSize { name: name.to_owned(), len });
+        return Err(RegionError::BadSize {
+            name: name.to_owned(),
+            len,
+        });
     }
     Ok(len as usize)
 }
@@ -233,7 +284,10 @@ mod tests {
         assert_eq!(r.len(), 1 << 20);
         let seals = rustix::fs::fcntl_get_seals(r.fd()).unwrap();
         assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW));
-        assert_eq!(rustix::fs::ftruncate(r.fd(), 4096), Err(rustix::io::Errno::PERM));
+        assert_eq!(
+            rustix::fs::ftruncate(r.fd(), 4096),
+            Err(rustix::io::Errno::PERM)
+        );
         // A second mapping of the same fd (what the peer does) sees the same bytes.
         let dup = rustix::io::fcntl_dupfd_cloexec(r.fd(), 0).unwrap();
         let peer = SharedRegion::from_fd(dup, "/test/memfd").unwrap();
@@ -254,7 +308,10 @@ mod tests {
         assert_eq!(meta.len(), 8192);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert!(matches!(SharedRegion::create_file(&path, 8192), Err(RegionError::Exists { .. })));
+        assert!(matches!(
+            SharedRegion::create_file(&path, 8192),
+            Err(RegionError::Exists { .. })
+        ));
         let peer = SharedRegion::open_file(&path).unwrap();
         assert_eq!(peer.len(), 8192);
         drop(r);
@@ -264,8 +321,14 @@ mod tests {
 
     #[test]
     fn impossible_sizes_are_refused_before_any_allocation() {
-        assert!(matches!(SharedRegion::create_memfd("/test/zero", 0), Err(RegionError::BadSize { .. })));
+        assert!(matches!(
+            SharedRegion::create_memfd("/test/zero", 0),
+            Err(RegionError::BadSize { .. })
+        ));
         let too_big = u32::MAX as usize + 1;
-        assert!(matches!(SharedRegion::create_memfd("/test/big", too_big), Err(RegionError::BadSize { .. })));
+        assert!(matches!(
+            SharedRegion::create_memfd("/test/big", too_big),
+            Err(RegionError::BadSize { .. })
+        ));
     }
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
 };
 use shmlink_core::frame::{self, Decoded, Frame, FrameError};
 
@@ -75,13 +75,16 @@ pub enum Conn {
 impl Conn {
     /// Connects to a unix socket path.
     pub fn connect_unix(path: &Path) -> Result<Self, TransportError> {
-        UnixStream::connect(path).map(Conn::Unix).map_err(TransportError::io("connect to the unix socket"))
+        UnixStream::connect(path)
+            .map(Conn::Unix)
+            .map_err(TransportError::io("connect to the unix socket"))
     }
 
     /// Connects over TCP.
     pub fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Self, TransportError> {
         let s = TcpStream::connect(addr).map_err(TransportError::io("connect over TCP"))?;
-        s.set_nodelay(true).map_err(TransportError::io("set TCP_NODELAY"))?;
+        s.set_nodelay(true)
+            .map_err(TransportError::io("set TCP_NODELAY"))?;
         Ok(Conn::Tcp(s))
     }
 
@@ -132,7 +135,11 @@ impl Conn {
     }
 
     /// Writes all of several buffers (a frame prefix and its payload) with vectored writes.
-    pub fn send_vectored(&self, parts: &[&[u8]], context: &'static str) -> Result<(), TransportError> {
+    pub fn send_vectored(
+        &self,
+        parts: &[&[u8]],
+        context: &'static str,
+    ) -> Result<(), TransportError> {
         let mut w = self;
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut slices = &mut slices[..];
@@ -149,7 +156,11 @@ impl Conn {
 
     /// Reads exactly one frame into `buf` (cleared first), without reading past it: bytes
     /// after the frame stay in the socket for the session. Returns the frame's length.
-    pub fn read_frame(&self, buf: &mut Vec<u8>, context: &'static str) -> Result<usize, TransportError> {
+    pub fn read_frame(
+        &self,
+        buf: &mut Vec<u8>,
+        context: &'static str,
+    ) -> Result<usize, TransportError> {
         let mut r = self;
         buf.clear();
         buf.resize(frame::HEADER_LEN, 0);
@@ -159,7 +170,8 @@ impl Conn {
             Decoded::Incomplete { needed } => needed,
         };
         buf.resize(needed, 0);
-        r.read_exact(&mut buf[frame::HEADER_LEN..]).map_err(TransportError::io(context))?;
+        r.read_exact(&mut buf[frame::HEADER_LEN..])
+            .map_err(TransportError::io(context))?;
         Ok(needed)
     }
 
@@ -176,18 +188,33 @@ impl Conn {
     }
 
     /// Sends the two region fds: one 0x00 byte and one SCM_RIGHTS message `[buffer, queue]`.
-    pub fn send_fds(&self, buffer: BorrowedFd<'_>, queue: BorrowedFd<'_>) -> Result<(), TransportError> {
-        let Conn::Unix(sock) = self else { return Err(TransportError::MemfdOverTcp) };
+    pub fn send_fds(
+        &self,
+        buffer: BorrowedFd<'_>,
+        queue: BorrowedFd<'_>,
+    ) -> Result<(), TransportError> {
+        let Conn::Unix(sock) = self else {
+            return Err(TransportError::MemfdOverTcp);
+        };
         let fds = [buffer, queue];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(TransportError::FdPassing { reason: "control buffer too small".into() });
+            return Err(TransportError::FdPassing {
+                reason: "control buffer too small".into(),
+            });
         }
-        let sent = rustix::net::sendmsg(sock, &[IoSlice::new(&[0u8])], &mut control, SendFlags::NOSIGNAL)
-            .map_err(|e| TransportError::io("send the region fds")(e.into()))?;
+        let sent = rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(&[0u8])],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(|e| TransportError::io("send the region fds")(e.into()))?;
         if sent != 1 {
-            return Err(TransportError::Closed { context: "send the region fds" });
+            return Err(TransportError::Closed {
+                context: "send the region fds",
+            });
         }
         Ok(())
     }
@@ -195,12 +222,19 @@ impl Conn {
     /// Receives the two region fds `[buffer, queue]`. Anything but exactly one data byte of
     /// 0x00 with exactly one SCM_RIGHTS message of two fds is an error (extra fds are closed).
     pub fn recv_fds(&self) -> Result<[OwnedFd; 2], TransportError> {
-        let Conn::Unix(sock) = self else { return Err(TransportError::MemfdOverTcp) };
+        let Conn::Unix(sock) = self else {
+            return Err(TransportError::MemfdOverTcp);
+        };
         let mut byte = [0xffu8; 1];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let msg = rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)
-            .map_err(|e| TransportError::io("receive the region fds")(e.into()))?;
+        let msg = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(|e| TransportError::io("receive the region fds")(e.into()))?;
         let mut fds = Vec::new();
         let mut other = 0;
         for message in control.drain() {
@@ -210,7 +244,9 @@ impl Conn {
             }
         }
         if msg.bytes == 0 && fds.is_empty() {
-            return Err(TransportError::Closed { context: "receive the region fds" });
+            return Err(TransportError::Closed {
+                context: "receive the region fds",
+            });
         }
         let bad = |reason: String| Err(TransportError::FdPassing { reason });
         if msg.flags.contains(ReturnFlags::CTRUNC) {
@@ -220,7 +256,10 @@ impl Conn {
             return bad(format!("{other} unexpected control messages"));
         }
         if msg.bytes != 1 || byte[0] != 0 {
-            return bad(format!("expected one 0x00 data byte, got {} byte(s) starting {:#04x}", msg.bytes, byte[0]));
+            return bad(format!(
+                "expected one 0x00 data byte, got {} byte(s) starting {:#04x}",
+                msg.bytes, byte[0]
+            ));
         }
         match <[OwnedFd; 2]>::try_from(fds) {
             Ok(pair) => Ok(pair),
@@ -291,7 +330,9 @@ impl Listener {
 
     /// Listens on a TCP address.
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self, TransportError> {
-        TcpListener::bind(addr).map(Listener::Tcp).map_err(TransportError::io("bind the TCP socket"))
+        TcpListener::bind(addr)
+            .map(Listener::Tcp)
+            .map_err(TransportError::io("bind the TCP socket"))
     }
 
     /// The local TCP address (for `bind_tcp("127.0.0.1:0")`).
@@ -342,7 +383,11 @@ mod tests {
         let [fb, fq] = b.recv_fds().unwrap();
         assert_eq!(rustix::fs::fstat(&fb).unwrap().st_size, 4096);
         assert_eq!(rustix::fs::fstat(&fq).unwrap().st_size, 8192);
-        assert!(rustix::io::fcntl_getfd(&fb).unwrap().contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(
+            rustix::io::fcntl_getfd(&fb)
+                .unwrap()
+                .contains(rustix::io::FdFlags::CLOEXEC)
+        );
         // Nothing beyond the one byte was sent: the next read sees the next write.
         a.send(b"xy", "t").unwrap();
         let mut two = [0u8; 2];
@@ -359,12 +404,21 @@ mod tests {
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
         let Conn::Unix(sa) = &a else { unreachable!() };
-        rustix::net::sendmsg(sa, &[IoSlice::new(&[0u8])], &mut control, SendFlags::empty()).unwrap();
+        rustix::net::sendmsg(
+            sa,
+            &[IoSlice::new(&[0u8])],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
         let err = b.recv_fds().unwrap_err();
         assert!(matches!(err, TransportError::FdPassing { .. }), "{err}");
         // A plain byte without fds.
         a.send(&[0], "t").unwrap();
-        assert!(matches!(b.recv_fds(), Err(TransportError::FdPassing { .. })));
+        assert!(matches!(
+            b.recv_fds(),
+            Err(TransportError::FdPassing { .. })
+        ));
         drop(a);
         assert!(matches!(b.recv_fds(), Err(TransportError::Closed { .. })));
     }
@@ -372,12 +426,21 @@ mod tests {
     #[test]
     fn read_frame_stops_at_the_frame_boundary() {
         let (a, b) = pair();
-        a.send(&[0, 0, 0, 12, 0x77, 0x58, 3, 2, 0, 0, 0, 9, 0, 0, 0, 8, 0x77, 0x58, 3, 1], "t").unwrap();
+        a.send(
+            &[
+                0, 0, 0, 12, 0x77, 0x58, 3, 2, 0, 0, 0, 9, 0, 0, 0, 8, 0x77, 0x58, 3, 1,
+            ],
+            "t",
+        )
+        .unwrap();
         let mut buf = Vec::new();
         assert_eq!(b.read_frame(&mut buf, "t").unwrap(), 12);
         assert_eq!(b.read_frame(&mut buf, "t").unwrap(), 8);
         a.send(&[0, 0, 0, 9, 0x77, 0x58, 3, 1], "t").unwrap();
-        assert!(matches!(b.read_frame(&mut buf, "t"), Err(TransportError::Frame(_))));
+        assert!(matches!(
+            b.read_frame(&mut buf, "t"),
+            Err(TransportError::Frame(_))
+        ));
     }
 
     #[test]
@@ -385,7 +448,10 @@ mod tests {
         let l = Listener::bind_tcp("127.0.0.1:0").unwrap();
         let c = Conn::connect_tcp(l.local_tcp_addr().unwrap()).unwrap();
         let r = SharedRegion::create_memfd("/t/tcp", 4096).unwrap();
-        assert!(matches!(c.send_fds(r.fd(), r.fd()), Err(TransportError::MemfdOverTcp)));
+        assert!(matches!(
+            c.send_fds(r.fd(), r.fd()),
+            Err(TransportError::MemfdOverTcp)
+        ));
         assert!(matches!(c.recv_fds(), Err(TransportError::MemfdOverTcp)));
     }
 }

@@ -682,7 +682,9 @@ impl<'a> BufferManager<'a> {
     pub fn end_chain_at(&self, abs: u32) -> Result<(), BufferError> {
         let (_, header) = self.slice_at(abs)?;
         // SYNC: the slice is ours; published to the peer by the queue push's release.
-        header.flags.store(SliceFlags::IN_USE.bits(), Ordering::Relaxed);
+        header
+            .flags
+            .store(SliceFlags::IN_USE.bits(), Ordering::Relaxed);
         Ok(())
     }
 

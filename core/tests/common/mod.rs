@@ -125,4 +125,3 @@ pub fn recorded_frames() -> Vec<(String, Vec<u8>)> {
     }
     frames
 }
-

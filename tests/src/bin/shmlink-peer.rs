@@ -8,10 +8,13 @@
 //! Exits 0 only if every echo matched (client) or every session ended cleanly (server).
 
 use shmlink::{Config, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session, recv_framed, send_framed, payload};
+use shmlink_tests::{check_echoes, echo_session, payload, recv_framed, send_framed};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }
 
 fn main() {
@@ -39,21 +42,32 @@ fn server(args: &[String]) -> Result<(), String> {
         workers.push(std::thread::spawn(move || {
             let n = echo_session(&session, limit)?;
             if !session.all_buffers_free() {
-                return Err(shmlink::Error::SessionClosed("buffers not all free at the end".into()));
+                return Err(shmlink::Error::SessionClosed(
+                    "buffers not all free at the end".into(),
+                ));
             }
             Ok(n)
         }));
     }
     for w in workers {
-        w.join().map_err(|_| "session thread panicked")?.map_err(|e| e.to_string())?;
+        w.join()
+            .map_err(|_| "session thread panicked")?
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
 fn client(args: &[String]) -> Result<(), String> {
     let path = args.get(1).ok_or("missing socket path")?.clone();
-    let mut config = Config::default();
-    config.mem_mode = if args.iter().any(|a| a == "--devshm") { MemMode::File } else { MemMode::Memfd };
+    let mode = if args.iter().any(|a| a == "--devshm") {
+        MemMode::File
+    } else {
+        MemMode::Memfd
+    };
+    let mut config = Config {
+        mem_mode: mode,
+        ..Config::default()
+    };
     if let Some(prefix) = arg::<String>(args, "--prefix") {
         config.path_prefix = prefix;
     }
@@ -94,7 +108,9 @@ fn client(args: &[String]) -> Result<(), String> {
                         }
                     }));
                 }
-                handles.into_iter().try_for_each(|h| h.join().map_err(|_| "stream thread panicked".to_owned())?)
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().map_err(|_| "stream thread panicked".to_owned())?)
             })?;
             // Close the session and wait until the server's view of shared memory is clean.
             drop(session);

@@ -1,0 +1,186 @@
+//! Session set-up at the edges: handshake timeouts on both sides, TCP in file mode, memfd
+//! over TCP refused, a bad configuration named, and a peer that speaks the wrong version.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use shmlink::{Config, Error, Listener, MemMode, Session};
+use shmlink_tests::{check_echoes, echo_session};
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn fast_config() -> Config {
+    Config {
+        initialize_timeout: Duration::from_millis(300),
+        path_prefix: format!("/dev/shm/{}", unique("edges")),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_times_the_client_handshake_out() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("silent")));
+    let listener = UnixListener::bind(&sock).unwrap();
+    let keeper = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        drop(conn);
+    });
+    let config = fast_config();
+    let prefix = config.path_prefix.clone();
+    let start = Instant::now();
+    let err = Session::connect(&sock, config).unwrap_err();
+    assert!(matches!(err, Error::HandshakeTimeout(_)), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let stem = prefix.rsplit('/').next().unwrap().to_owned();
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&stem))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    keeper.join().unwrap();
+    let _ = std::fs::remove_file(sock);
+}
+
+#[test]
+fn a_client_that_never_speaks_times_the_server_handshake_out() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("mute")));
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let _client = UnixStream::connect(&sock).unwrap();
+    let start = Instant::now();
+    let err = listener.accept().unwrap_err();
+    assert!(matches!(err, Error::HandshakeTimeout(_)), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("v4")));
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let mut client = UnixStream::connect(&sock).unwrap();
+    client.write_all(&[0, 0, 0, 8, 0x77, 0x58, 4, 4]).unwrap();
+    let err = listener.accept().unwrap_err();
+    assert!(err.to_string().contains("version 4"), "{err}");
+    // The server closed the connection without answering.
+    let mut buf = [0u8; 8];
+    assert_eq!(client.read(&mut buf).unwrap_or(0), 0);
+}
+
+#[test]
+fn file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused() {
+    let listener = Listener::bind_tcp("127.0.0.1:0", fast_config()).unwrap();
+    let addr = listener.local_tcp_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let session = listener.accept().unwrap();
+        echo_session(&session, None).unwrap()
+    });
+    let config = Config {
+        mem_mode: MemMode::File,
+        ..fast_config()
+    };
+    let session = Session::connect_tcp(addr, config).unwrap();
+    assert_eq!(session.version(), 2);
+    let mut stream = session.open_stream().unwrap();
+    check_echoes(&mut stream, &[1, 9000, 300_000], 0).unwrap();
+    drop(stream);
+    drop(session);
+    assert_eq!(server.join().unwrap(), 3);
+
+    let err = Session::connect_tcp(addr, Config::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("memfd mode needs a unix socket"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_configuration_is_named_before_anything_is_created() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("cfg")));
+    let _listener = Listener::bind(&sock, Config::default()).unwrap();
+    let config = Config {
+        queue_cap: 8200,
+        ..Config::default()
+    };
+    let err = Session::connect(&sock, config).unwrap_err();
+    assert!(err.to_string().contains("queue_cap 8200"), "{err}");
+    let config = Config {
+        buffer_capacity: 1000,
+        ..Config::default()
+    };
+    assert!(
+        Session::connect(&sock, config)
+            .unwrap_err()
+            .to_string()
+            .contains("buffer_capacity")
+    );
+}
+
+#[test]
+fn v3_file_mode_is_negotiated_when_asked() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("v3file")));
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let server = std::thread::spawn(move || {
+        let session = listener.accept().unwrap();
+        let version = session.version();
+        echo_session(&session, None).unwrap();
+        version
+    });
+    let config = Config {
+        mem_mode: MemMode::File,
+        file_mode_v3: true,
+        ..fast_config()
+    };
+    let session = Session::connect(&sock, config).unwrap();
+    assert_eq!(session.version(), 3);
+    let mut stream = session.open_stream().unwrap();
+    check_echoes(&mut stream, &[5, 140_000], 0).unwrap();
+    drop(stream);
+    drop(session);
+    assert_eq!(server.join().unwrap(), 3);
+}
+
+#[test]
+fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("view")));
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let server = std::thread::spawn(move || {
+        let session = listener.accept().unwrap();
+        let mut stream = session.accept_stream(Some(Duration::from_secs(5))).unwrap();
+        let view = stream.read_view().unwrap().unwrap();
+        assert!(view.is_shared_memory());
+        assert_eq!(&view[..], b"zero copy");
+        let (_, in_use_with_view) = session.shared_memory_usage();
+        drop(view);
+        let (_, in_use_after) = session.shared_memory_usage();
+        stream.send(b"ack").unwrap();
+        assert!(
+            stream.read_view().unwrap().is_none(),
+            "end of stream after the client closes"
+        );
+        (in_use_with_view, in_use_after)
+    });
+    let session = Session::connect(&sock, fast_config()).unwrap();
+    let mut stream = session.open_stream().unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 3];
+    assert_eq!(
+        stream.read(&mut buf).unwrap_err().kind(),
+        std::io::ErrorKind::TimedOut
+    );
+    stream.send(b"zero copy").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ack");
+    stream.close();
+    let (with_view, after) = server.join().unwrap();
+    assert_eq!(with_view, 8172, "one default slice held by the view");
+    assert_eq!(after, 0, "slice returned when the view dropped");
+}
