@@ -308,6 +308,7 @@ impl<'a> BufferList<'a> {
             head: h.head.load(Ordering::Relaxed),
             tail: h.tail.load(Ordering::Relaxed),
             counter_creator: h.counter_creator.load(Ordering::Relaxed),
+            // SYNC: statistics only, as above.
             counter_mapper: h.counter_mapper.load(Ordering::Relaxed),
         }
     }
