@@ -461,14 +461,21 @@ impl Inner {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Sends a control frame (Polling, StreamClose, fallback prefix + data) on the socket.
-    pub(crate) fn send_frame(&self, frame: &Frame<'_>, payload: &[u8]) -> Result<(), Error> {
-        let (prefix, n) = frame.prefix().map_err(TransportError::from)?;
+    /// Sends a control frame on the socket. FallbackData goes out as its 16-byte prefix
+    /// plus the payload where it already is (one vectored write); other frames are small and
+    /// are encoded whole.
+    pub(crate) fn send_frame(&self, frame: &Frame<'_>) -> Result<(), Error> {
         let writer = lock(&self.writer);
-        let result = if payload.is_empty() {
-            writer.send(&prefix[..n], "send a control frame")
-        } else {
-            writer.send_vectored(&[&prefix[..n], payload], "send a control frame")
+        let result = match frame.message {
+            Message::FallbackData { data, .. } => {
+                let (prefix, n) = frame.prefix().map_err(TransportError::from)?;
+                writer.send_vectored(&[&prefix[..n], data], "send fallback data")
+            }
+            _ => {
+                let mut bytes = [0u8; 16];
+                let n = frame.encode(&mut bytes).map_err(TransportError::from)?;
+                writer.send(&bytes[..n], "send a control frame")
+            }
         };
         drop(writer);
         if let Err(e) = result {
@@ -492,7 +499,7 @@ impl Inner {
             match self.shm.send.push(element) {
                 Ok(Wake::NotifyPeer) => {
                     lock(&self.state).core.sent_polling();
-                    return self.send_frame(&Frame::new(self.version(), Message::Polling), &[]);
+                    return self.send_frame(&Frame::new(self.version(), Message::Polling));
                 }
                 Ok(Wake::PeerAwake) => return Ok(()),
                 Err(QueueError::Full { .. }) if attempt < QUEUE_FULL_RETRIES => {
@@ -525,14 +532,12 @@ impl Inner {
             match self.shm.send.push(element) {
                 Ok(Wake::NotifyPeer) => {
                     lock(&self.state).core.sent_polling();
-                    let _ = self.send_frame(&Frame::new(self.version(), Message::Polling), &[]);
+                    let _ = self.send_frame(&Frame::new(self.version(), Message::Polling));
                 }
                 Ok(Wake::PeerAwake) => {}
                 Err(QueueError::Full { .. }) => {
-                    let _ = self.send_frame(
-                        &Frame::new(self.version(), Message::StreamClose { stream_id: id }),
-                        &[],
-                    );
+                    let close = Frame::new(self.version(), Message::StreamClose { stream_id: id });
+                    let _ = self.send_frame(&close);
                 }
                 Err(e) => self.shutdown(format!("send queue corrupted: {e}")),
             }

@@ -335,7 +335,7 @@ impl Stream {
                 data,
             },
         );
-        self.inner.send_frame(&frame, data)?;
+        self.inner.send_frame(&frame)?;
         let now = self.inner.now_ms();
         self.inner
             .lock_state()

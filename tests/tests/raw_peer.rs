@@ -1,0 +1,154 @@
+//! Our client against a hand-driven server built from the core state machines and the Linux
+//! backend: it completes a real V3 memfd handshake, then misbehaves on purpose (never drains,
+//! sends a hostile queue element, sends garbage), to show that the client turns each into a
+//! clear error instead of a hang or a panic.
+
+use std::time::{Duration, Instant};
+
+use shmlink::{Config, Error, Session};
+use shmlink_core::frame::{Decoded, Frame, Message};
+use shmlink_core::handshake::{Input, Output, ServerHandshake};
+use shmlink_core::queue::{self, Element, Producer, Side, Wake};
+use shmlink_linux::region::SharedRegion;
+use shmlink_linux::socket::{Conn, Listener};
+
+struct RawServer {
+    conn: Conn,
+    queue: SharedRegion,
+    _buffer: SharedRegion,
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// Accepts one client and runs the server handshake by hand.
+fn raw_accept(listener: &Listener) -> RawServer {
+    let conn = listener.accept().unwrap();
+    let mut hs = ServerHandshake::new();
+    let mut buf = Vec::new();
+    let mut fds = None;
+    let mut regions = None;
+    let mut out = hs.start();
+    loop {
+        out = match out {
+            Output::ReadFrame => {
+                conn.read_frame(&mut buf, "raw read").unwrap();
+                let Decoded::Frame(frame, _) = Frame::decode(&buf).unwrap() else { panic!() };
+                hs.step(Input::Frame(frame)).unwrap()
+            }
+            Output::Send(bytes) => {
+                conn.send(&bytes, "raw send").unwrap();
+                hs.step(Input::Sent).unwrap()
+            }
+            Output::RecvFds => {
+                fds = Some(conn.recv_fds().unwrap());
+                hs.step(Input::FdsReceived).unwrap()
+            }
+            Output::Map { .. } => {
+                let [b, q] = fds.take().unwrap();
+                regions = Some((SharedRegion::from_fd(q, "q").unwrap(), SharedRegion::from_fd(b, "b").unwrap()));
+                hs.step(Input::Mapped).unwrap()
+            }
+            Output::Done { version } => {
+                assert_eq!(version, 3);
+                break;
+            }
+            Output::SendFds => panic!("server asked to send fds"),
+        };
+    }
+    let (queue, buffer) = regions.unwrap();
+    // No test may hang on a missing frame.
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    RawServer { conn, queue, _buffer: buffer }
+}
+
+/// Reads frames from the raw server's socket until one that is not Polling arrives.
+fn next_non_polling(conn: &Conn) -> Vec<u8> {
+    let mut buf = Vec::new();
+    loop {
+        conn.read_frame(&mut buf, "raw read").unwrap();
+        if buf[7] != 1 {
+            return buf;
+        }
+    }
+}
+
+fn setup(config: Config) -> (RawServer, Session) {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("raw")));
+    let listener = Listener::bind_unix(&sock).unwrap();
+    let server = std::thread::spawn(move || raw_accept(&listener));
+    let session = Session::connect(&sock, config).unwrap();
+    (server.join().unwrap(), session)
+}
+
+#[test]
+fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_close_frame() {
+    let (raw, session) = setup(Config { queue_cap: 16, ..Config::default() });
+    let mut stream = session.open_stream().unwrap();
+    for _ in 0..16 {
+        stream.send(b"x").unwrap();
+    }
+    let start = Instant::now();
+    let err = stream.send(b"one too many").unwrap_err();
+    assert!(matches!(err, Error::QueueFull), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(90), "Go's retry window: 10 x 10 ms");
+    assert_eq!(session.metrics().queue_full_error_count, 1);
+    // Nothing leaked: 16 slices are in flight (the peer holds them), the refused one returned.
+    assert_eq!(session.shared_memory_usage().1, 16 * 8172);
+    let id = stream.id();
+    stream.close();
+    // The close element cannot be queued, so it travels as a StreamClose frame.
+    let frame = next_non_polling(&raw.conn);
+    assert_eq!(frame, [0, 0, 0, 12, 0x77, 0x58, 3, 2, 0, 0, 0, id as u8]);
+}
+
+#[test]
+fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
+    let (raw, session) = setup(Config::default());
+    let mut stream = session.open_stream().unwrap();
+    stream.send(b"hello").unwrap();
+    let pair = queue::attach_region(raw.queue.region(), Side::Server).unwrap();
+    let producer = Producer::new(pair.send);
+    // Offset 12345 is not a slice boundary of any list.
+    if producer.push(Element::data(stream.id(), 12345)).unwrap() == Wake::NotifyPeer {
+        let mut polling = Vec::new();
+        Frame::new(3, Message::Polling).encode_into(&mut polling).unwrap();
+        raw.conn.send(&polling, "raw send").unwrap();
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let err = stream.read_view().unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("invalid buffer chain") && text.contains("12345"), "{text}");
+    assert!(session.is_closed());
+    assert_eq!(session.metrics().event_conn_error_count, 1);
+}
+
+#[test]
+fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
+    let (raw, session) = setup(Config::default());
+    let mut stream = session.open_stream().unwrap();
+    raw.conn.send(&[0, 0, 0, 8, 0xde, 0xad, 3, 1], "raw send").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let err = stream.read_view().unwrap_err();
+    assert!(err.to_string().contains("bad frame magic 0xdead"), "{err}");
+    assert!(matches!(session.open_stream(), Err(Error::SessionClosed(_))));
+}
+
+#[test]
+fn fallback_data_for_a_stream_the_client_never_opened_is_dropped() {
+    let (raw, session) = setup(Config::default());
+    let mut stream = session.open_stream().unwrap();
+    let mut bytes = Vec::new();
+    Frame::new(3, Message::FallbackData { stream_id: 99, status: 0, data: b"stray" }).encode_into(&mut bytes).unwrap();
+    Frame::new(3, Message::FallbackData { stream_id: stream.id(), status: 0, data: b"mine" }).encode_into(&mut bytes).unwrap();
+    raw.conn.send(&bytes, "raw send").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let view = stream.read_view().unwrap().unwrap();
+    assert!(!view.is_shared_memory());
+    assert_eq!(&view[..], b"mine");
+    assert!(!session.is_closed());
+    assert!(!session.is_healthy(), "a fallback opens the circuit breaker");
+    assert!(matches!(session.open_stream(), Err(Error::Unhealthy)));
+}
