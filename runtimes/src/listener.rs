@@ -36,6 +36,19 @@ impl Listener {
         self.inner.local_tcp_addr()
     }
 
+    /// Like [`accept`](Self::accept), but gives up with [`Error::Timeout`] if no client
+    /// connects within `timeout`.
+    pub fn accept_timeout(&self, timeout: std::time::Duration) -> Result<Session, Error> {
+        let conn = self.inner.accept_timeout(timeout).map_err(|e| {
+            if e.is_timeout() {
+                Error::Timeout
+            } else {
+                e.into()
+            }
+        })?;
+        Session::server(conn, self.config.clone())
+    }
+
     /// Accepts one connection and completes its handshake (bounded by the configured
     /// initialize timeout).
     pub fn accept(&self) -> Result<Session, Error> {

@@ -71,7 +71,7 @@ fn serve_child_client(mode: &str, extra: &[&str], sessions: usize) {
         .unwrap();
     let servers: Vec<_> = (0..sessions)
         .map(|_| {
-            let session = listener.accept().unwrap();
+            let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
             std::thread::spawn(move || {
                 let limit = None;
                 let echoed = echo_session(&session, limit).unwrap();
@@ -148,7 +148,7 @@ fn server_closing_a_stream_ends_it_for_the_client_process() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let session = listener.accept().unwrap();
+    let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
     let echoed = echo_session(&session, Some(2)).unwrap();
     wait_success(child, Duration::from_secs(60));
     assert_eq!(echoed, 2);

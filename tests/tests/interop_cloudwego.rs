@@ -94,7 +94,7 @@ fn their_client_our_server(
     let prefix = format!("/dev/shm/{}", unique("interop-tc"));
     let listener = Listener::bind(&sock, Config::default()).unwrap();
     let server = std::thread::spawn(move || {
-        let session = listener.accept().unwrap();
+        let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
         let echoed = echo_session(&session, None).unwrap();
         assert_eq!(echoed, expected);
         (session.all_buffers_free(), session.metrics(), session)

@@ -19,7 +19,10 @@ struct RawServer {
 }
 
 fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
@@ -35,7 +38,9 @@ fn raw_accept(listener: &Listener) -> RawServer {
         out = match out {
             Output::ReadFrame => {
                 conn.read_frame(&mut buf, "raw read").unwrap();
-                let Decoded::Frame(frame, _) = Frame::decode(&buf).unwrap() else { panic!() };
+                let Decoded::Frame(frame, _) = Frame::decode(&buf).unwrap() else {
+                    panic!()
+                };
                 hs.step(Input::Frame(frame)).unwrap()
             }
             Output::Send(bytes) => {
@@ -48,7 +53,10 @@ fn raw_accept(listener: &Listener) -> RawServer {
             }
             Output::Map { .. } => {
                 let [b, q] = fds.take().unwrap();
-                regions = Some((SharedRegion::from_fd(q, "q").unwrap(), SharedRegion::from_fd(b, "b").unwrap()));
+                regions = Some((
+                    SharedRegion::from_fd(q, "q").unwrap(),
+                    SharedRegion::from_fd(b, "b").unwrap(),
+                ));
                 hs.step(Input::Mapped).unwrap()
             }
             Output::Done { version } => {
@@ -60,8 +68,13 @@ fn raw_accept(listener: &Listener) -> RawServer {
     }
     let (queue, buffer) = regions.unwrap();
     // No test may hang on a missing frame.
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    RawServer { conn, queue, _buffer: buffer }
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    RawServer {
+        conn,
+        queue,
+        _buffer: buffer,
+    }
 }
 
 /// Reads frames from the raw server's socket until one that is not Polling arrives.
@@ -85,7 +98,10 @@ fn setup(config: Config) -> (RawServer, Session) {
 
 #[test]
 fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_close_frame() {
-    let (raw, session) = setup(Config { queue_cap: 16, ..Config::default() });
+    let (raw, session) = setup(Config {
+        queue_cap: 16,
+        ..Config::default()
+    });
     let mut stream = session.open_stream().unwrap();
     for _ in 0..16 {
         stream.send(b"x").unwrap();
@@ -93,7 +109,10 @@ fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_cl
     let start = Instant::now();
     let err = stream.send(b"one too many").unwrap_err();
     assert!(matches!(err, Error::QueueFull), "{err}");
-    assert!(start.elapsed() >= Duration::from_millis(90), "Go's retry window: 10 x 10 ms");
+    assert!(
+        start.elapsed() >= Duration::from_millis(90),
+        "Go's retry window: 10 x 10 ms"
+    );
     assert_eq!(session.metrics().queue_full_error_count, 1);
     // Nothing leaked: 16 slices are in flight (the peer holds them), the refused one returned.
     assert_eq!(session.shared_memory_usage().1, 16 * 8172);
@@ -114,13 +133,18 @@ fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
     // Offset 12345 is not a slice boundary of any list.
     if producer.push(Element::data(stream.id(), 12345)).unwrap() == Wake::NotifyPeer {
         let mut polling = Vec::new();
-        Frame::new(3, Message::Polling).encode_into(&mut polling).unwrap();
+        Frame::new(3, Message::Polling)
+            .encode_into(&mut polling)
+            .unwrap();
         raw.conn.send(&polling, "raw send").unwrap();
     }
     stream.set_read_timeout(Some(Duration::from_secs(5)));
     let err = stream.read_view().unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("invalid buffer chain") && text.contains("12345"), "{text}");
+    assert!(
+        text.contains("invalid buffer chain") && text.contains("12345"),
+        "{text}"
+    );
     assert!(session.is_closed());
     assert_eq!(session.metrics().event_conn_error_count, 1);
 }
@@ -129,11 +153,16 @@ fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
 fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
-    raw.conn.send(&[0, 0, 0, 8, 0xde, 0xad, 3, 1], "raw send").unwrap();
+    raw.conn
+        .send(&[0, 0, 0, 8, 0xde, 0xad, 3, 1], "raw send")
+        .unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5)));
     let err = stream.read_view().unwrap_err();
     assert!(err.to_string().contains("bad frame magic 0xdead"), "{err}");
-    assert!(matches!(session.open_stream(), Err(Error::SessionClosed(_))));
+    assert!(matches!(
+        session.open_stream(),
+        Err(Error::SessionClosed(_))
+    ));
 }
 
 #[test]
@@ -141,14 +170,35 @@ fn fallback_data_for_a_stream_the_client_never_opened_is_dropped() {
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     let mut bytes = Vec::new();
-    Frame::new(3, Message::FallbackData { stream_id: 99, status: 0, data: b"stray" }).encode_into(&mut bytes).unwrap();
-    Frame::new(3, Message::FallbackData { stream_id: stream.id(), status: 0, data: b"mine" }).encode_into(&mut bytes).unwrap();
+    Frame::new(
+        3,
+        Message::FallbackData {
+            stream_id: 99,
+            status: 0,
+            data: b"stray",
+        },
+    )
+    .encode_into(&mut bytes)
+    .unwrap();
+    Frame::new(
+        3,
+        Message::FallbackData {
+            stream_id: stream.id(),
+            status: 0,
+            data: b"mine",
+        },
+    )
+    .encode_into(&mut bytes)
+    .unwrap();
     raw.conn.send(&bytes, "raw send").unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5)));
     let view = stream.read_view().unwrap().unwrap();
     assert!(!view.is_shared_memory());
     assert_eq!(&view[..], b"mine");
     assert!(!session.is_closed());
-    assert!(!session.is_healthy(), "a fallback opens the circuit breaker");
+    assert!(
+        !session.is_healthy(),
+        "a fallback opens the circuit breaker"
+    );
     assert!(matches!(session.open_stream(), Err(Error::Unhealthy)));
 }

@@ -79,7 +79,7 @@ fn file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused() {
     let listener = Listener::bind_tcp("127.0.0.1:0", fast_config()).unwrap();
     let addr = listener.local_tcp_addr().unwrap();
     let server = std::thread::spawn(move || {
-        let session = listener.accept().unwrap();
+        let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
         echo_session(&session, None).unwrap()
     });
     let config = Config {
@@ -128,7 +128,7 @@ fn v3_file_mode_is_negotiated_when_asked() {
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("v3file")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let server = std::thread::spawn(move || {
-        let session = listener.accept().unwrap();
+        let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
         let version = session.version();
         echo_session(&session, None).unwrap();
         version
@@ -152,7 +152,7 @@ fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("view")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let server = std::thread::spawn(move || {
-        let session = listener.accept().unwrap();
+        let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
         let mut stream = session.accept_stream(Some(Duration::from_secs(5))).unwrap();
         let view = stream.read_view().unwrap().unwrap();
         assert!(view.is_shared_memory());
@@ -183,4 +183,16 @@ fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
     let (with_view, after) = server.join().unwrap();
     assert_eq!(with_view, 8172, "one default slice held by the view");
     assert_eq!(after, 0, "slice returned when the view dropped");
+}
+
+#[test]
+fn accept_gives_up_when_nobody_connects() {
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("nobody")));
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let start = Instant::now();
+    assert!(matches!(
+        listener.accept_timeout(Duration::from_millis(100)),
+        Err(Error::Timeout)
+    ));
+    assert!(start.elapsed() >= Duration::from_millis(100));
 }

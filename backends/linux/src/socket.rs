@@ -343,6 +343,37 @@ impl Listener {
         }
     }
 
+    /// Waits up to `timeout` for a connection, then accepts it. A timeout is reported as a
+    /// [`TransportError`] for which [`TransportError::is_timeout`] is true.
+    pub fn accept_timeout(&self, timeout: std::time::Duration) -> Result<Conn, TransportError> {
+        let fd = match self {
+            Listener::Unix(l, _) => l.as_fd(),
+            Listener::Tcp(l) => l.as_fd(),
+        };
+        let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+            fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let ready = loop {
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other,
+            }
+        }
+        .map_err(|e| TransportError::io("wait for a connection")(e.into()))?;
+        if ready == 0 {
+            return Err(TransportError::Io {
+                context: "wait for a connection",
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
+        }
+        self.accept()
+    }
+
     /// Accepts one connection.
     pub fn accept(&self) -> Result<Conn, TransportError> {
         match self {
