@@ -5,7 +5,9 @@
 //!
 //! Deviations of shmipc 0.2.1 from PROTOCOL.md noticed here: none on the wire for V2/V3. Its
 //! server dispatches on the first frame's *type* rather than Go's version byte (PROTOCOL-V4.md
-//! 1.1); our client sends exactly what Go sends, so both dispatch the same way.
+//! 1.1); our client sends exactly what Go sends, so both dispatch the same way. Its streams do
+//! not recycle received slices when dropped, only on `close()` (Go needs Close() too), so the
+//! echo tasks below close explicitly; otherwise our free lists would not return to full.
 
 use std::os::unix::net::SocketAddr;
 use std::path::PathBuf;
