@@ -579,29 +579,33 @@ impl Inner {
         }
     }
 
+    /// Runs `f` on the core session with a sink that routes deliveries to streams, then
+    /// wakes acceptors if a stream was opened.
+    fn with_core<R>(
+        &self,
+        f: impl FnOnce(&mut core_session::Session, &mut dyn FnMut(Delivery<'_>)) -> R,
+    ) -> R {
+        let mut state = lock(&self.state);
+        let State {
+            core,
+            streams,
+            accept,
+            ..
+        } = &mut *state;
+        let mut opened = false;
+        let result = f(core, &mut |d| opened |= self.deliver(streams, accept, d));
+        drop(state);
+        if opened {
+            self.accept_cv.notify_all();
+        }
+        result
+    }
+
     /// Handles one control frame from the peer.
     fn handle_frame(&self, frame: &Frame<'_>) -> Result<(), Error> {
-        let mut polling = false;
-        {
-            let mut state = lock(&self.state);
-            let State {
-                core,
-                streams,
-                accept,
-                ..
-            } = &mut *state;
-            let mut opened = false;
-            core.on_frame(frame, self.now_ms(), &mut |d| {
-                opened |= self.deliver(streams, accept, d);
-            })?;
-            if opened {
-                self.accept_cv.notify_all();
-            }
-            if let Message::Polling = frame.message {
-                polling = true;
-            }
-        }
-        if polling {
+        let now = self.now_ms();
+        self.with_core(|core, mut sink| core.on_frame(frame, now, &mut sink))?;
+        if let Message::Polling = frame.message {
             self.drain()?;
         }
         Ok(())
@@ -611,23 +615,12 @@ impl Inner {
     fn drain(&self) -> Result<(), Error> {
         let mut consumer = lock(&self.shm.recv);
         loop {
-            let mut state = lock(&self.state);
-            let State {
-                core,
-                streams,
-                accept,
-                ..
-            } = &mut *state;
-            let mut opened = false;
-            while let Some(element) = consumer.pop()? {
-                core.on_element(element, &self.shm.buffers, &mut |d| {
-                    opened |= self.deliver(streams, accept, d);
-                })?;
-            }
-            drop(state);
-            if opened {
-                self.accept_cv.notify_all();
-            }
+            self.with_core(|core, mut sink| {
+                while let Some(element) = consumer.pop()? {
+                    core.on_element(element, &self.shm.buffers, &mut sink)?;
+                }
+                Ok::<(), Error>(())
+            })?;
             match consumer.finish_drain()? {
                 Drain::Idle => return Ok(()),
                 Drain::Again => {}

@@ -87,3 +87,28 @@ pub fn check_echoes(stream: &mut Stream, sizes: &[usize], salt: usize) -> Result
     }
     Ok(())
 }
+
+/// A name unique to this process and moment, for sockets and region prefixes.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// A fresh unix socket path in the temporary directory.
+pub fn socket_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}.sock", unique(name)))
+}
+
+/// Files in /dev/shm whose names start with the file name of `prefix`.
+pub fn leftover_files(prefix: &str) -> Vec<String> {
+    let stem = prefix.rsplit('/').next().unwrap_or(prefix).to_owned();
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&stem))
+                .collect()
+        })
+        .unwrap_or_default()
+}

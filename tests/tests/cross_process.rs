@@ -1,39 +1,14 @@
 //! Two real processes talking through shared memory: this test process on one side, the
 //! `shmlink-peer` helper binary on the other, in memfd and /dev/shm modes.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session};
+use shmlink_tests::{check_echoes, echo_session, leftover_files, socket_path, unique};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shmlink-peer");
 const SIZES: &str = "1,100,8172,8173,131052,200000,1048576,4194304";
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
-fn socket_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}.sock", unique(name)))
-}
-
-/// Files in /dev/shm whose names start with `prefix`'s file name.
-fn leftover_files(prefix: &str) -> Vec<String> {
-    let stem = prefix.rsplit('/').next().unwrap().to_owned();
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&stem))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn wait_success(mut child: Child, limit: Duration) {
     let start = Instant::now();
@@ -157,23 +132,27 @@ fn server_closing_a_stream_ends_it_for_the_client_process() {
     assert!(leftover_files(&prefix).is_empty());
 }
 
-/// This process is the client; a child process serves.
-fn client_to_child_server(mode: MemMode) {
-    let sock = socket_path("shmlink-rev");
+/// Starts `shmlink-peer server` on `sock` and waits until it listens.
+fn spawn_server_peer(sock: &std::path::Path) -> Child {
     let mut child = Command::new(PEER)
         .args(["server", sock.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-    }
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+/// This process is the client; a child process serves.
+fn client_to_child_server(mode: MemMode) {
+    let sock = socket_path("shmlink-rev");
+    let child = spawn_server_peer(&sock);
     let prefix = format!("/dev/shm/{}", unique("shmlink-rev"));
     let config = Config {
         mem_mode: mode,
@@ -210,19 +189,7 @@ fn client_in_this_process_talks_to_a_server_process_over_devshm() {
 #[test]
 fn a_peer_process_killed_mid_session_ends_the_session_with_an_error_not_a_hang() {
     let sock = socket_path("shmlink-kill");
-    let mut child = Command::new(PEER)
-        .args(["server", sock.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-    }
+    let mut child = spawn_server_peer(&sock);
     let session = Session::connect(&sock, Config::default()).unwrap();
     let mut stream = session.open_stream().unwrap();
     check_echoes(&mut stream, &[1000], 0).unwrap();

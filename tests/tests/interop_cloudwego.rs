@@ -10,7 +10,6 @@
 //! echo tasks below close explicitly; otherwise our free lists would not return to full.
 
 use std::os::unix::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cloudwego_shmipc::compact::StreamExt;
@@ -19,34 +18,11 @@ use cloudwego_shmipc::consts::MemMapType;
 use cloudwego_shmipc::session::{SessionManager, SessionManagerConfig};
 use cloudwego_shmipc::transport::{DefaultUnixConnect, DefaultUnixListen};
 use shmlink::{Config, Listener, MemMode, Session, SizeClass};
-use shmlink_tests::{check_echoes, echo_session, payload};
+use shmlink_tests::{check_echoes, echo_session, leftover_files, payload, socket_path, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sizes that need chains: the largest default slice holds 131,052 bytes.
 const SIZES: [usize; 6] = [1, 4000, 8172, 131_052, 200_000, 1 << 20];
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
-fn socket_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}.sock", unique(name)))
-}
-
-fn leftover_files(prefix: &str) -> Vec<String> {
-    let stem = prefix.rsplit('/').next().unwrap().to_owned();
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&stem))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -11,19 +11,12 @@ use shmlink_core::handshake::{Input, Output, ServerHandshake};
 use shmlink_core::queue::{self, Element, Producer, Side, Wake};
 use shmlink_linux::region::SharedRegion;
 use shmlink_linux::socket::{Conn, Listener};
+use shmlink_tests::unique;
 
 struct RawServer {
     conn: Conn,
     queue: SharedRegion,
     _buffer: SharedRegion,
-}
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
 }
 
 /// Accepts one client and runs the server handshake by hand.

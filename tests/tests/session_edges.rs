@@ -6,15 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session};
-
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
+use shmlink_tests::{check_echoes, echo_session, unique};
 
 fn fast_config() -> Config {
     Config {
