@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use shmlink_core::buffer::{self, BufferManager, Role};
-use shmlink_core::queue::{self, Consumer, Producer, Side};
+use shmlink_core::queue::{self, Consumer, Producer, QueuePair, Side};
 use shmlink_core::region::Region;
 use shmlink_linux::region::SharedRegion;
 
@@ -41,17 +41,11 @@ impl Shm {
         queue_cap: u32,
         classes: &[buffer::SizeClass],
     ) -> Result<Self, Error> {
-        let queue_region = unbounded(&queue_mapping);
-        let buffer_region = unbounded(&buffer_mapping);
-        let pair = queue::format_region(queue_region, queue_cap)?;
-        let buffers = buffer::format(buffer_region, classes)?;
-        Ok(Self {
-            buffers,
-            send: Producer::new(pair.send),
-            recv: Mutex::new(Consumer::new(pair.recv)),
-            buffer_region,
-            queue_mapping,
-            buffer_mapping: Arc::new(buffer_mapping),
+        Self::build(queue_mapping, Arc::new(buffer_mapping), |queue, buffer| {
+            Ok((
+                queue::format_region(queue, queue_cap)?,
+                buffer::format(buffer, classes)?,
+            ))
         })
     }
 
@@ -60,10 +54,24 @@ impl Shm {
         queue_mapping: SharedRegion,
         buffer_mapping: Arc<SharedRegion>,
     ) -> Result<Self, Error> {
-        let queue_region = unbounded(&queue_mapping);
+        Self::build(queue_mapping, buffer_mapping, |queue, buffer| {
+            Ok((
+                queue::attach_region(queue, Side::Server)?,
+                buffer::attach(buffer, Role::Mapper)?,
+            ))
+        })
+    }
+
+    fn build(
+        queue_mapping: SharedRegion,
+        buffer_mapping: Arc<SharedRegion>,
+        views: impl FnOnce(
+            Region<'static>,
+            Region<'static>,
+        ) -> Result<(QueuePair<'static>, BufferManager<'static>), Error>,
+    ) -> Result<Self, Error> {
         let buffer_region = unbounded(&buffer_mapping);
-        let pair = queue::attach_region(queue_region, Side::Server)?;
-        let buffers = buffer::attach(buffer_region, Role::Mapper)?;
+        let (pair, buffers) = views(unbounded(&queue_mapping), buffer_region)?;
         Ok(Self {
             buffers,
             send: Producer::new(pair.send),
