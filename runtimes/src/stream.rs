@@ -368,9 +368,11 @@ impl io::Read for Stream {
                     break;
                 };
                 let bytes: &[u8] = match front {
-                    Chunk::Shm(s) => &self.inner.shm.bytes(s.data, s.len)[offset..],
-                    Chunk::Heap(v) => &v[offset..],
+                    Chunk::Shm(s) => self.inner.shm.bytes(s.data, s.len),
+                    Chunk::Heap(v) => v,
                 };
+                // `offset` never exceeds the chunk (it only advances by bytes copied from it).
+                let bytes = bytes.get(offset..).unwrap_or_default();
                 let n = bytes.len().min(buf.len() - copied);
                 buf[copied..copied + n].copy_from_slice(&bytes[..n]);
                 copied += n;
