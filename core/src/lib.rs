@@ -6,7 +6,7 @@
 //!
 //! - [`queue`]: the IO queue of 12-byte elements, and the working-flag handshake that decides
 //!   when the peer must be woken.
-//! - [`buffer`] and [`slice`]: the shared allocator both processes pop slices from and recycle
+//! - [`buffer`] and [`slice`](mod@slice): the shared allocator both processes pop slices from and recycle
 //!   slices to, and the validated walk of a received message chain.
 //! - [`frame`]: the control messages on the socket, with an incremental decoder.
 //! - [`handshake`] (`alloc`): the V2/V3 connection handshake as sans-IO state machines.

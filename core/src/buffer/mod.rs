@@ -9,7 +9,7 @@
 //!
 //! The 8-byte [`BufferManagerHeader`] holds the list count and the "used length" (bytes of
 //! all lists). Lists are sorted by slice size. Each slice is a 20-byte
-//! [`SliceHeader`](crate::slice::SliceHeader) followed by its data. [`format`] reproduces Go's
+//! [`SliceHeader`] followed by its data. [`format`] reproduces Go's
 //! sizing exactly: with the default 32 MiB and size classes 8,172 / 32,748 / 131,052 bytes at
 //! 50 / 30 / 20 %, it makes 2,047 / 307 / 51 slices with list headers at offsets 8,
 //! 16,769,068 and 26,828,880, and a used length of 33,513,580.
