@@ -40,9 +40,11 @@ pub struct Metrics {
     pub out_flow_bytes: u64,
     /// Bytes delivered to streams.
     pub in_flow_bytes: u64,
-    /// The send queue's tail: elements ever enqueued.
+    /// The send queue's tail: elements ever enqueued. The state machine counts data
+    /// elements; a runtime with access to the queue reports the tail itself, as Go does.
     pub send_queue_count: u64,
-    /// The receive queue's tail: elements ever enqueued by the peer.
+    /// The receive queue's tail: elements ever enqueued by the peer (the state machine
+    /// counts the elements it was fed).
     pub receive_queue_count: u64,
     /// Writes that could not get shared memory and fell back.
     pub alloc_shm_error_count: u64,

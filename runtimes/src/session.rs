@@ -340,7 +340,11 @@ impl Session {
 
     /// Go's metrics for this session.
     pub fn metrics(&self) -> Metrics {
-        lock(&self.inner.state).core.metrics()
+        let mut m = lock(&self.inner.state).core.metrics();
+        // Go reports the queues' tails (every element ever enqueued, closes included).
+        m.send_queue_count = self.inner.shm.send.queue().pushed_total().max(0) as u64;
+        m.receive_queue_count = lock(&self.inner.shm.recv).queue().pushed_total().max(0) as u64;
+        m
     }
 
     /// Shared-memory usage: (capacity, bytes in use), Go's ShareMemoryMetrics.

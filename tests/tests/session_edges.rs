@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session, unique};
+use shmlink_tests::{check_echoes, echo_session, socket_path, unique};
 
 fn fast_config() -> Config {
     Config {
@@ -187,4 +187,40 @@ fn accept_gives_up_when_nobody_connects() {
         Err(Error::Timeout)
     ));
     assert!(start.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+fn metrics_follow_gos_definitions() {
+    let sock = socket_path("metrics");
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let server = std::thread::spawn(move || {
+        let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
+        echo_session(&session, None).unwrap();
+        session.metrics()
+    });
+    let session = Session::connect(&sock, fast_config()).unwrap();
+    let mut stream = session.open_stream().unwrap();
+    check_echoes(&mut stream, &[3, 5000, 9000, 200_000], 0).unwrap();
+    assert_eq!(session.metrics().active_stream_count, 1);
+    stream.close();
+    let client = session.metrics();
+    drop(session);
+    let server = server.join().unwrap();
+    // The exchange of core/tests/fixtures/go-memfd-v3-client.txt; the Go client reported
+    // SendQueueCount 5, ReceiveQueueCount 4 and 214,019 bytes each way for it.
+    let framed: u64 = [3u64, 5000, 9000, 200_000].iter().map(|n| n + 4).sum();
+    assert_eq!(framed, 214_019);
+    assert_eq!(client.send_queue_count, 5);
+    assert_eq!(client.receive_queue_count, 4);
+    assert_eq!(client.out_flow_bytes, framed);
+    assert_eq!(client.in_flow_bytes, framed);
+    assert_eq!(server.in_flow_bytes, framed);
+    assert_eq!(server.receive_queue_count, 5);
+    assert_eq!(client.active_stream_count, 0);
+    assert!(client.send_sync_event_count >= 1 && client.send_sync_event_count <= 5);
+    assert_eq!(client.fallback_write_count + client.fallback_read_count, 0);
+    assert_eq!(
+        client.queue_full_error_count + client.alloc_shm_error_count,
+        0
+    );
 }
