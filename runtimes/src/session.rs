@@ -408,10 +408,11 @@ fn map_client_regions(
             return Err(Error::SessionClosed("memfd handshake without fds".into()));
         }
         (MemMode::File, _) => {
-            let q = SharedRegion::open_file(Path::new(OsStr::from_bytes(queue_path)))?;
-            // Remove the peer's file only once it proved to be a shmipc region (below).
-            q.set_remove_on_drop(false);
-            (q, None)
+            // The peer's files are removed only once they proved to be shmipc regions (below).
+            (
+                SharedRegion::open_file(Path::new(OsStr::from_bytes(queue_path)))?,
+                None,
+            )
         }
     };
     let mut registry = lock(buffer_registry());
@@ -422,11 +423,7 @@ fn map_client_regions(
         None => {
             let region = match new_buffer_fd {
                 Some(fd) => SharedRegion::from_fd(fd, &buffer_name)?,
-                None => {
-                    let r = SharedRegion::open_file(Path::new(OsStr::from_bytes(buffer_path)))?;
-                    r.set_remove_on_drop(false);
-                    r
-                }
+                None => SharedRegion::open_file(Path::new(OsStr::from_bytes(buffer_path)))?,
             };
             let region = Arc::new(region);
             registry.insert(buffer_path.to_vec(), Arc::downgrade(&region));

@@ -48,6 +48,12 @@ pub enum RegionError {
         /// The OS error.
         source: io::Error,
     },
+    /// A region from the peer is not a regular file (memfd or tmpfs file).
+    #[error("shared memory {name:?} from the peer is not a regular file")]
+    NotRegular {
+        /// The region's name or path.
+        name: String,
+    },
     /// A region from the peer has a size no shmipc region can have.
     #[error("shared memory {name:?} from the peer has size {len}, which cannot be mapped")]
     BadSize {
@@ -140,14 +146,17 @@ impl SharedRegion {
     }
 
     /// Opens and maps a file region the peer created. Its size comes from `fstat`; the caller
-    /// validates the headers against it. The file is removed when the region is dropped (as
-    /// Go does, whichever side closes first).
+    /// validates the headers against it. The file is kept on drop until the caller, having
+    /// validated it, asks for removal with [`set_remove_on_drop`](Self::set_remove_on_drop)
+    /// (Go removes it on close, whichever side closes first).
     pub fn open_file(path: &Path) -> Result<Self, RegionError> {
         let name = path.display().to_string();
         let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(os("open", &name))?;
         let len = peer_size(&fd, &name)?;
-        Self::map(fd, name, len, Some(path.to_owned()))
+        let region = Self::map(fd, name, len, Some(path.to_owned()))?;
+        region.set_remove_on_drop(false);
+        Ok(region)
     }
 
     /// Maps a region received from the peer as an fd (memfd mode).
@@ -264,6 +273,13 @@ fn allocate(fd: &OwnedFd, name: &str, len: usize) -> Result<(), RegionError> {
 
 fn peer_size(fd: &OwnedFd, name: &str) -> Result<usize, RegionError> {
     let stat = rustix::fs::fstat(fd).map_err(os("fstat", name))?;
+    // memfds and tmpfs files are regular files; never map a device, FIFO or directory a
+    // peer names.
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(RegionError::NotRegular {
+            name: name.to_owned(),
+        });
+    }
     let len = stat.st_size as u64;
     if len == 0 || len > MAX_REGION {
         return Err(RegionError::BadSize {
@@ -317,6 +333,13 @@ mod tests {
         drop(r);
         assert!(!path.exists());
         drop(peer); // removing an already-removed file is fine
+    }
+
+    #[test]
+    fn a_peer_path_that_is_not_a_regular_file_is_refused() {
+        let err = SharedRegion::open_file(Path::new("/dev/null")).unwrap_err();
+        assert!(matches!(err, RegionError::NotRegular { .. }), "{err}");
+        assert!(Path::new("/dev/null").exists(), "and never removed");
     }
 
     #[test]
