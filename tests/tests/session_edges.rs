@@ -224,3 +224,44 @@ fn metrics_follow_gos_definitions() {
         0
     );
 }
+
+#[test]
+fn exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering_bytes() {
+    let sock = socket_path("exhausted");
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let server = std::thread::spawn(move || {
+        let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
+        let echoed = echo_session(&session, None).unwrap();
+        (echoed, session.metrics(), session.all_buffers_free())
+    });
+    let config = Config {
+        buffer_capacity: 1 << 20,
+        size_classes: vec![shmlink::SizeClass {
+            size: 4096,
+            percent: 100,
+        }],
+        circuit_breaker: Duration::from_secs(30),
+        ..fast_config()
+    };
+    let session = Session::connect(&sock, config).unwrap();
+    let mut stream = session.open_stream().unwrap();
+    // Through shared memory, then 2 MiB that cannot fit in 1 MiB, then small ones again: the
+    // stream stays on the socket after the fallback, so nothing overtakes anything.
+    check_echoes(&mut stream, &[100, 2 << 20, 100, 5000], 0).unwrap();
+    assert!(stream.is_fallback());
+    assert!(!session.is_healthy(), "the circuit breaker opened");
+    assert!(matches!(session.open_stream(), Err(Error::Unhealthy)));
+    let client = session.metrics();
+    drop(stream);
+    drop(session);
+    let (echoed, server, all_free) = server.join().unwrap();
+    assert_eq!(echoed, 4);
+    assert!(all_free);
+    assert_eq!(client.fallback_write_count, 3, "{client:?}");
+    assert_eq!(client.alloc_shm_error_count, 1, "{client:?}");
+    assert_eq!(server.fallback_read_count, 3, "{server:?}");
+    assert_eq!(
+        server.fallback_write_count, 3,
+        "the server's stream switched too: {server:?}"
+    );
+}
