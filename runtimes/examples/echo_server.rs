@@ -39,7 +39,14 @@ fn serve_session(session: Session) -> Result<(), shmlink::Error> {
         match session.accept_stream(None) {
             Ok(stream) => workers.push(std::thread::spawn(move || echo(stream))),
             Err(shmlink::Error::SessionClosed(reason)) => {
-                eprintln!("echo_server: session closed: {reason}");
+                let m = session.metrics();
+                eprintln!(
+                    "echo_server: session closed: {reason} ({} bytes in, {} out, fallback {} read / {} written)",
+                    m.in_flow_bytes,
+                    m.out_flow_bytes,
+                    m.fallback_read_count,
+                    m.fallback_write_count
+                );
                 break;
             }
             Err(e) => return Err(e),

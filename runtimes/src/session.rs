@@ -679,16 +679,18 @@ impl Inner {
 /// The driver thread: reads frames until the socket ends or the peer breaks the protocol.
 fn drive(inner: Arc<Inner>, reader: Conn) {
     let mut decoder = FrameDecoder::new();
+    // One buffer for every read: zero-filling a fresh area per wake-up would cost more than
+    // copying the few bytes (usually one 8-byte Polling frame) a read returns.
+    let mut buf = vec![0u8; READ_CHUNK];
     let reason = 'session: loop {
-        let spare = decoder.spare(READ_CHUNK);
-        let n = match reader.read_some(spare) {
+        let n = match reader.read_some(&mut buf) {
             Ok(n) => n,
             Err(e) => break 'session format!("socket read failed: {e}"),
         };
-        decoder.commit(READ_CHUNK, n);
         if n == 0 {
             break 'session "the peer closed the connection".to_owned();
         }
+        decoder.extend(&buf[..n]);
         loop {
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
