@@ -93,6 +93,24 @@ fn many_streams_on_one_session_keep_their_bytes_apart() {
 }
 
 #[test]
+fn thousands_of_small_and_chained_messages_on_concurrent_streams_arrive_intact() {
+    // 8 streams x 300 round trips, sizes from 1 byte to multi-slice chains, all at once: any
+    // lost wake-up would hang (bounded by the peer timeout), any mix-up fails a byte compare.
+    serve_child_client(
+        "--memfd",
+        &[
+            "--streams",
+            "8",
+            "--sizes",
+            "1,17,300,8172,8173,40000,140000",
+            "--repeat",
+            "43",
+        ],
+        1,
+    );
+}
+
+#[test]
 fn several_sessions_from_one_client_process() {
     serve_child_client(
         "--memfd",

@@ -3,7 +3,7 @@
 //! ```text
 //! shmlink-peer server <socket> [--sessions N] [--close-after K]
 //! shmlink-peer client <socket> --memfd|--devshm --prefix P [--sessions N] [--streams N]
-//!                     [--sizes a,b,c] [--expect-close-after K]
+//!                     [--sizes a,b,c] [--repeat R] [--expect-close-after K]
 //! ```
 //! Exits 0 only if every echo matched (client) or every session ended cleanly (server).
 
@@ -77,6 +77,13 @@ fn client(args: &[String]) -> Result<(), String> {
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 100, 8172, 200_000]);
     let expect_close: Option<usize> = arg(args, "--expect-close-after");
+    let repeat: usize = arg(args, "--repeat").unwrap_or(1);
+    let sizes: Vec<usize> = sizes
+        .iter()
+        .copied()
+        .cycle()
+        .take(sizes.len() * repeat)
+        .collect();
 
     let mut workers = Vec::new();
     for s in 0..sessions {
