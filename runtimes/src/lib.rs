@@ -8,28 +8,33 @@
 //!
 //! This blocking API runs one driver thread per session; it needs no async runtime.
 //!
-//! ```no_run
+//! ```
 //! use std::io::{Read, Write};
-//! use shmlink::{Config, Listener};
+//! use shmlink::{Config, Listener, Session};
 //!
-//! // Server
-//! let listener = Listener::bind("/tmp/shmlink-doc.sock", Config::default())?;
-//! std::thread::spawn(move || -> Result<(), shmlink::Error> {
+//! let path = std::env::temp_dir().join(format!("shmlink-doc-{}.sock", std::process::id()));
+//!
+//! // Server: echo every piece back, reading zero copy.
+//! let listener = Listener::bind(&path, Config::default())?;
+//! let server = std::thread::spawn(move || -> Result<(), shmlink::Error> {
 //!     let session = listener.accept()?;
 //!     let mut stream = session.accept_stream(None)?;
 //!     while let Some(view) = stream.read_view()? {
-//!         stream.send(&view)?; // echo, zero copy on the read side
+//!         stream.send(&view)?;
 //!     }
 //!     Ok(())
 //! });
 //!
-//! // Client
-//! let session = shmlink::Session::connect("/tmp/shmlink-doc.sock", Config::default())?;
+//! // Client: creates the shared memory (memfd by default) and connects.
+//! let session = Session::connect(&path, Config::default())?;
 //! let mut stream = session.open_stream()?;
 //! stream.write_all(b"ping")?;
 //! let mut reply = [0u8; 4];
 //! stream.read_exact(&mut reply)?;
 //! assert_eq!(&reply, b"ping");
+//!
+//! drop(stream); // closes the stream: the server sees the end and returns
+//! server.join().unwrap()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
