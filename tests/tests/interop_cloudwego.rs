@@ -258,3 +258,14 @@ fn our_fallback_message_reaches_their_server_and_comes_back() {
         "their reply falls back too: {m:?}"
     );
 }
+
+#[test]
+fn our_v3_file_mode_client_echoes_through_their_server() {
+    let config = Config {
+        file_mode_v3: true,
+        ..our_config(MemMode::File)
+    };
+    let (fallback, m) = our_client_their_server(config, &[1, 200_000]);
+    assert!(!fallback);
+    assert_eq!(m.fallback_write_count, 0);
+}
