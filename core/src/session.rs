@@ -433,3 +433,124 @@ impl Session {
         }
     }
 }
+
+/// One received piece of a stream, in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes in shared memory; the slice goes back to its free list once consumed.
+    Shm(Segment),
+    /// Bytes that arrived in a FallbackData frame.
+    Heap(alloc::vec::Vec<u8>),
+}
+
+impl Piece {
+    /// Bytes in the piece.
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Shm(s) => s.len as usize,
+            Piece::Heap(v) => v.len(),
+        }
+    }
+
+    /// Whether the piece holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A stream's receive side as a byte stream (PROTOCOL.md 5.3): pieces queue up in order and
+/// are read across their boundaries; message boundaries are not kept. The caller supplies the
+/// bytes of shared-memory pieces and recycles each consumed slice, so this type never touches
+/// memory itself. Every slice is handed to `recycle` exactly once: when fully read, when popped
+/// as a whole, or when the buffer is drained.
+///
+/// ```
+/// use shmlink_core::session::{Piece, ReceiveBuffer};
+///
+/// let mut rb = ReceiveBuffer::default();
+/// rb.push(Piece::Heap(b"hel".to_vec()));
+/// rb.push(Piece::Heap(b"lo".to_vec()));
+/// let mut out = [0u8; 4];
+/// let n = rb.read(&mut out, |_| &[], |_| {});
+/// assert_eq!(&out[..n], b"hell");
+/// assert_eq!(rb.len(), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct ReceiveBuffer {
+    pieces: alloc::collections::VecDeque<Piece>,
+    /// Bytes of the front piece already read.
+    front_offset: usize,
+    len: usize,
+}
+
+impl ReceiveBuffer {
+    /// Appends a piece.
+    pub fn push(&mut self, piece: Piece) {
+        self.len += piece.len();
+        self.pieces.push_back(piece);
+    }
+
+    /// Unread bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is left to read.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Copies up to `out.len()` bytes, in order, across pieces. `bytes` gives the bytes of a
+    /// shared-memory segment; `recycle` receives each segment once it is fully read.
+    pub fn read<'m>(
+        &mut self,
+        out: &mut [u8],
+        bytes: impl Fn(&Segment) -> &'m [u8],
+        mut recycle: impl FnMut(Segment),
+    ) -> usize {
+        let mut copied = 0;
+        while copied < out.len() {
+            let Some(front) = self.pieces.front() else {
+                break;
+            };
+            let all: &[u8] = match front {
+                Piece::Shm(s) => bytes(s),
+                Piece::Heap(v) => v,
+            };
+            let rest = all.get(self.front_offset..).unwrap_or_default();
+            let n = rest.len().min(out.len() - copied);
+            out[copied..copied + n].copy_from_slice(&rest[..n]);
+            copied += n;
+            self.len -= n;
+            if n == rest.len() {
+                self.front_offset = 0;
+                if let Some(Piece::Shm(segment)) = self.pieces.pop_front() {
+                    recycle(segment);
+                }
+            } else {
+                self.front_offset += n;
+            }
+        }
+        copied
+    }
+
+    /// Takes the front piece whole (for zero-copy views), with the offset already read from
+    /// it; the caller owns (and eventually recycles) its slice.
+    pub fn pop_front(&mut self) -> Option<(Piece, usize)> {
+        let piece = self.pieces.pop_front()?;
+        let offset = core::mem::take(&mut self.front_offset);
+        self.len -= piece.len() - offset;
+        Some((piece, offset))
+    }
+
+    /// Removes everything unread, handing every shared-memory slice to `recycle`.
+    pub fn drain(&mut self, mut recycle: impl FnMut(Segment)) {
+        for piece in self.pieces.drain(..) {
+            if let Piece::Shm(segment) = piece {
+                recycle(segment);
+            }
+        }
+        self.front_offset = 0;
+        self.len = 0;
+    }
+}

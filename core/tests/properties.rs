@@ -247,3 +247,95 @@ proptest! {
         }
     }
 }
+
+mod receive_buffer {
+    use proptest::prelude::*;
+    use shmlink_core::buffer::Segment;
+    use shmlink_core::session::{Piece, ReceiveBuffer};
+
+    proptest! {
+        #[test]
+        fn reads_in_any_sizes_give_the_bytes_in_order_and_recycle_each_slice_once(
+            pieces in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..50)), 0..20),
+            reads in proptest::collection::vec(0usize..70, 1..60),
+            pop_at in proptest::collection::vec(any::<bool>(), 60),
+        ) {
+            // "Shared memory": one backing buffer; a Shm piece names a range of it.
+            let mut memory = Vec::new();
+            let mut rb = ReceiveBuffer::default();
+            let mut expected = Vec::new();
+            let mut shm_slices = Vec::new();
+            for (i, (shm, bytes)) in pieces.iter().enumerate() {
+                expected.extend_from_slice(bytes);
+                if *shm && !bytes.is_empty() {
+                    let data = memory.len() as u32;
+                    memory.extend_from_slice(bytes);
+                    let seg = Segment { slice: i as u32, data, len: bytes.len() as u32 };
+                    shm_slices.push(seg.slice);
+                    rb.push(Piece::Shm(seg));
+                } else {
+                    rb.push(Piece::Heap(bytes.clone()));
+                }
+            }
+            prop_assert_eq!(rb.len(), expected.len());
+            let mut got = Vec::new();
+            let mut recycled = Vec::new();
+            for (k, &n) in reads.iter().enumerate() {
+                if pop_at[k] {
+                    if let Some((piece, offset)) = rb.pop_front() {
+                        match piece {
+                            Piece::Shm(s) => {
+                                let start = s.data as usize + offset;
+                                got.extend_from_slice(&memory[start..s.data as usize + s.len as usize]);
+                                recycled.push(s.slice);
+                            }
+                            Piece::Heap(v) => got.extend_from_slice(&v[offset..]),
+                        }
+                    }
+                } else {
+                    let mut out = vec![0u8; n];
+                    let m = rb.read(&mut out, |s| &memory[s.data as usize..(s.data + s.len) as usize], |s| recycled.push(s.slice));
+                    got.extend_from_slice(&out[..m]);
+                }
+                prop_assert_eq!(rb.len(), expected.len() - got.len());
+            }
+            let mut rest = vec![0u8; expected.len()];
+            let m = rb.read(&mut rest, |s| &memory[s.data as usize..(s.data + s.len) as usize], |s| recycled.push(s.slice));
+            got.extend_from_slice(&rest[..m]);
+            prop_assert_eq!(&got, &expected);
+            prop_assert!(rb.is_empty());
+            recycled.sort_unstable();
+            prop_assert_eq!(recycled, shm_slices, "every slice recycled exactly once");
+        }
+    }
+
+    #[test]
+    fn drain_recycles_every_unread_slice() {
+        let mut rb = ReceiveBuffer::default();
+        rb.push(Piece::Shm(Segment {
+            slice: 44,
+            data: 64,
+            len: 10,
+        }));
+        rb.push(Piece::Heap(vec![1, 2]));
+        rb.push(Piece::Shm(Segment {
+            slice: 8236,
+            data: 8256,
+            len: 5,
+        }));
+        let mut out = [0u8; 3];
+        let memory = [7u8; 9000];
+        assert_eq!(
+            rb.read(
+                &mut out,
+                |s| &memory[s.data as usize..(s.data + s.len) as usize],
+                |_| panic!("not consumed yet")
+            ),
+            3
+        );
+        let mut recycled = Vec::new();
+        rb.drain(|s| recycled.push(s.slice));
+        assert_eq!(recycled, [44, 8236]);
+        assert_eq!(rb.len(), 0);
+    }
+}

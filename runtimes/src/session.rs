@@ -14,13 +14,13 @@ use shmlink_core::buffer::Segment;
 use shmlink_core::frame::{Decoded, Frame, FrameDecoder, Message};
 use shmlink_core::handshake::{ClientHandshake, Input, MemMode, Output, ServerHandshake};
 use shmlink_core::queue::{Drain, Element, QueueError, Side, Wake};
-use shmlink_core::session::{self as core_session, CloseAction, Delivery, Metrics};
+use shmlink_core::session::{self as core_session, CloseAction, Delivery, Metrics, Piece};
 use shmlink_linux::name::unique_prefix;
 use shmlink_linux::region::SharedRegion;
 use shmlink_linux::socket::{Conn, TransportError};
 
 use crate::shm::Shm;
-use crate::stream::{Chunk, Stream, StreamShared};
+use crate::stream::{Stream, StreamShared};
 use crate::{Config, Error};
 
 /// Data flushes retry a full queue this many times, 10 ms apart (Go: about 100 ms).
@@ -645,16 +645,16 @@ impl Inner {
             }
             Delivery::Shm { stream_id, segment } => {
                 let rejected = match streams.get(&stream_id) {
-                    Some(s) => s.push(Chunk::Shm(segment)),
-                    None => Some(Chunk::Shm(segment)),
+                    Some(s) => s.push(Piece::Shm(segment)),
+                    None => Some(Piece::Shm(segment)),
                 };
-                if let Some(Chunk::Shm(segment)) = rejected {
+                if let Some(Piece::Shm(segment)) = rejected {
                     self.recycle(segment);
                 }
             }
             Delivery::Fallback { stream_id, data } => {
                 if let Some(s) = streams.get(&stream_id) {
-                    let _ = s.push(Chunk::Heap(data.to_vec()));
+                    let _ = s.push(Piece::Heap(data.to_vec()));
                 }
             }
             Delivery::Closed(id) => {

@@ -11,7 +11,6 @@
 //! Message boundaries are not preserved (a stream is a byte stream, like TCP); frame your
 //! messages, for example with a length prefix.
 
-use std::collections::VecDeque;
 use std::io;
 use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -20,33 +19,14 @@ use std::time::{Duration, Instant};
 use shmlink_core::buffer::{BufferError, Segment};
 use shmlink_core::frame::{Frame, MAX_FRAME_LEN, Message};
 use shmlink_core::queue::Element;
-use shmlink_core::session::{Route, SessionError};
+use shmlink_core::session::{Piece, ReceiveBuffer, Route, SessionError};
 
 use crate::Error;
 use crate::session::Inner;
 
-/// One received piece of a stream.
-pub(crate) enum Chunk {
-    /// A slice of shared memory (recycled when consumed).
-    Shm(Segment),
-    /// Bytes that came in a fallback frame.
-    Heap(Vec<u8>),
-}
-
-impl Chunk {
-    fn len(&self) -> usize {
-        match self {
-            Chunk::Shm(s) => s.len as usize,
-            Chunk::Heap(v) => v.len(),
-        }
-    }
-}
-
 #[derive(Default)]
 struct RecvState {
-    chunks: VecDeque<Chunk>,
-    /// Bytes of the front chunk already consumed by `Read`.
-    front_offset: usize,
+    buffer: ReceiveBuffer,
     peer_closed: bool,
     session_closed: Option<String>,
     local_closed: bool,
@@ -72,13 +52,13 @@ impl StreamShared {
         }
     }
 
-    /// Appends received bytes; a chunk for a stream closed locally comes back to be recycled.
-    pub(crate) fn push(&self, chunk: Chunk) -> Option<Chunk> {
+    /// Appends received bytes; a piece for a stream closed locally comes back to be recycled.
+    pub(crate) fn push(&self, piece: Piece) -> Option<Piece> {
         let mut recv = lock(&self.recv);
         if recv.local_closed {
-            return Some(chunk);
+            return Some(piece);
         }
-        recv.chunks.push_back(chunk);
+        recv.buffer.push(piece);
         drop(recv);
         self.cv.notify_all();
         None
@@ -218,15 +198,14 @@ impl Stream {
             Some(recv) => recv,
             None => return Ok(None),
         };
-        let offset = std::mem::take(&mut recv.front_offset);
-        let chunk = recv.chunks.pop_front().ok_or(Error::StreamClosed)?;
+        let (piece, offset) = recv.buffer.pop_front().ok_or(Error::StreamClosed)?;
         drop(recv);
-        let kind = match chunk {
-            Chunk::Shm(segment) => ViewKind::Shm {
+        let kind = match piece {
+            Piece::Shm(segment) => ViewKind::Shm {
                 segment,
                 start: offset as u32,
             },
-            Chunk::Heap(bytes) => ViewKind::Heap(bytes, offset),
+            Piece::Heap(bytes) => ViewKind::Heap(bytes, offset),
         };
         Ok(Some(View {
             inner: Arc::clone(&self.inner),
@@ -242,7 +221,7 @@ impl Stream {
             if recv.local_closed {
                 return Err(Error::StreamClosed);
             }
-            if !recv.chunks.is_empty() {
+            if !recv.buffer.is_empty() {
                 return Ok(Some(recv));
             }
             if recv.peer_closed {
@@ -271,7 +250,7 @@ impl Stream {
     /// Bytes received and not yet read.
     pub fn available(&self) -> usize {
         let recv = lock(&self.shared.recv);
-        recv.chunks.iter().map(Chunk::len).sum::<usize>() - recv.front_offset
+        recv.buffer.len()
     }
 
     /// Closes the stream: unread data is recycled and the peer is told (a close element, or
@@ -280,16 +259,11 @@ impl Stream {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        let pending: Vec<Chunk> = {
+        {
             let mut recv = lock(&self.shared.recv);
             recv.local_closed = true;
-            recv.front_offset = 0;
-            recv.chunks.drain(..).collect()
-        };
-        for chunk in pending {
-            if let Chunk::Shm(segment) = chunk {
-                self.inner.recycle(segment);
-            }
+            // Recycling is lock-free; doing it under the stream lock is fine.
+            recv.buffer.drain(|segment| self.inner.recycle(segment));
         }
         self.inner.close_stream(self.id());
     }
@@ -356,42 +330,15 @@ impl io::Read for Stream {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut done = Vec::new();
-        let mut copied = 0;
-        {
-            let Some(mut recv) = self.wait_readable()? else {
-                return Ok(0);
-            };
-            while copied < buf.len() {
-                let offset = recv.front_offset;
-                let Some(front) = recv.chunks.front() else {
-                    break;
-                };
-                let bytes: &[u8] = match front {
-                    Chunk::Shm(s) => self.inner.shm.bytes(s.data, s.len),
-                    Chunk::Heap(v) => v,
-                };
-                // `offset` never exceeds the chunk (it only advances by bytes copied from it).
-                let bytes = bytes.get(offset..).unwrap_or_default();
-                let n = bytes.len().min(buf.len() - copied);
-                buf[copied..copied + n].copy_from_slice(&bytes[..n]);
-                copied += n;
-                if n == bytes.len() {
-                    recv.front_offset = 0;
-                    if let Some(chunk) = recv.chunks.pop_front() {
-                        done.push(chunk);
-                    }
-                } else {
-                    recv.front_offset += n;
-                }
-            }
-        }
-        for chunk in done {
-            if let Chunk::Shm(segment) = chunk {
-                self.inner.recycle(segment);
-            }
-        }
-        Ok(copied)
+        let Some(mut recv) = self.wait_readable()? else {
+            return Ok(0);
+        };
+        let shm = &self.inner.shm;
+        Ok(recv.buffer.read(
+            buf,
+            |segment| shm.bytes(segment.data, segment.len),
+            |segment| self.inner.recycle(segment),
+        ))
     }
 }
 
