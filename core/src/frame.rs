@@ -26,8 +26,9 @@ use core::fmt;
 pub const HEADER_LEN: usize = 8;
 /// The magic number, `77 58` on the wire.
 pub const MAGIC: u16 = 0x7758;
-/// Largest frame [`Frame::decode`] accepts: 256 MiB. Only FallbackData can be large (one
-/// whole Flush); anything bigger is treated as a corrupt length rather than buffered.
+/// Largest frame [`Frame::decode`] accepts by default: 256 MiB. Only FallbackData can be
+/// large (one whole Flush); anything bigger is treated as a corrupt length rather than
+/// buffered. [`Frame::decode_limited`] and [`FrameDecoder::with_limit`] take another limit.
 pub const MAX_FRAME_LEN: u32 = 256 << 20;
 
 /// The message types of PROTOCOL.md 2.2.
@@ -192,10 +193,12 @@ pub enum FrameError {
         /// What the type requires.
         expected: &'static str,
     },
-    /// The length field exceeds [`MAX_FRAME_LEN`].
+    /// The length field exceeds the decoder's limit ([`MAX_FRAME_LEN`] by default).
     TooLong {
         /// The length found.
         length: u32,
+        /// The limit in force.
+        limit: u32,
     },
     /// The path lengths inside a ShareMemoryBy* payload disagree with the frame length.
     BadPaths {
@@ -232,10 +235,11 @@ impl fmt::Display for FrameError {
                     "{kind:?} frame with length {length}, expected {expected}"
                 )
             }
-            Self::TooLong { length } => {
+            Self::TooLong { length, limit } => {
                 write!(
                     f,
-                    "frame length {length} exceeds the limit of {MAX_FRAME_LEN}"
+                    "frame length {length} exceeds the limit of {limit} bytes \
+                     (the largest frame setting)"
                 )
             }
             Self::BadPaths { length } => {
@@ -269,7 +273,7 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Validates a header and returns `(length, version, type)`; `bytes` holds at least 8 bytes.
-fn parse_header(bytes: &[u8]) -> Result<(u32, u8, MessageType), FrameError> {
+fn parse_header(bytes: &[u8], limit: u32) -> Result<(u32, u8, MessageType), FrameError> {
     let length = be_u32(bytes, 0);
     let magic = be_u16(bytes, 4);
     let version = bytes[6];
@@ -308,8 +312,8 @@ fn parse_header(bytes: &[u8]) -> Result<(u32, u8, MessageType), FrameError> {
         }
         _ => {}
     }
-    if length > MAX_FRAME_LEN {
-        return Err(FrameError::TooLong { length });
+    if length > limit {
+        return Err(FrameError::TooLong { length, limit });
     }
     Ok((length, version, kind))
 }
@@ -343,10 +347,15 @@ impl<'a> Frame<'a> {
     /// Returns [`Decoded::Incomplete`] until the whole frame is present (a header that is
     /// already invalid is reported at once, without waiting for its body).
     pub fn decode(bytes: &'a [u8]) -> Result<Decoded<'a>, FrameError> {
+        Self::decode_limited(bytes, MAX_FRAME_LEN)
+    }
+
+    /// [`decode`](Self::decode) with `limit` as the largest frame length accepted.
+    pub fn decode_limited(bytes: &'a [u8], limit: u32) -> Result<Decoded<'a>, FrameError> {
         if bytes.len() < HEADER_LEN {
             return Ok(Decoded::Incomplete { needed: HEADER_LEN });
         }
-        let (length, version, kind) = parse_header(bytes)?;
+        let (length, version, kind) = parse_header(bytes, limit)?;
         let total = length as usize;
         if bytes.len() < total {
             return Ok(Decoded::Incomplete { needed: total });
@@ -497,18 +506,37 @@ impl<'a> Frame<'a> {
 /// assert_eq!((frame.version, frame.message), (3, Message::Polling));
 /// ```
 #[cfg(feature = "alloc")]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: alloc::vec::Vec<u8>,
     start: usize,
     failed: Option<FrameError>,
+    limit: u32,
+}
+
+#[cfg(feature = "alloc")]
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[cfg(feature = "alloc")]
 impl FrameDecoder {
-    /// An empty decoder.
+    /// An empty decoder accepting frames up to [`MAX_FRAME_LEN`].
     pub fn new() -> Self {
-        Self::default()
+        Self::with_limit(MAX_FRAME_LEN)
+    }
+
+    /// An empty decoder accepting frames up to `limit` bytes; a longer length field is a
+    /// [`FrameError::TooLong`], reported before any of the frame is buffered.
+    pub fn with_limit(limit: u32) -> Self {
+        Self {
+            buf: alloc::vec::Vec::new(),
+            start: 0,
+            failed: None,
+            limit,
+        }
     }
 
     /// Appends bytes read from the socket.
@@ -542,8 +570,13 @@ impl FrameDecoder {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let Self { buf, start, failed } = self;
-        match Frame::decode(&buf[*start..]) {
+        let Self {
+            buf,
+            start,
+            failed,
+            limit,
+        } = self;
+        match Frame::decode_limited(&buf[*start..], *limit) {
             Ok(Decoded::Frame(frame, used)) => {
                 *start += used;
                 Ok(Some(frame))

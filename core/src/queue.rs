@@ -35,9 +35,10 @@
 //! no wake-up is ever lost.
 //!
 //! ```
-//! use shmlink_core::queue::{Drain, Element, QueueHeader, ElementSlot, Queue, Wake};
+//! use shmlink_core::queue::{Drain, Element, ElementSlot, LineAligned, Queue, QueueHeader, Wake};
 //!
-//! let header = QueueHeader::new(4);
+//! // In process memory, align the header to a cache line so no counter straddles one.
+//! let header = LineAligned(QueueHeader::new(4));
 //! let slots: Vec<ElementSlot> = (0..4).map(|_| ElementSlot::default()).collect();
 //! let (producer, mut consumer) = Queue::from_parts(&header, &slots).unwrap().split();
 //!
@@ -124,6 +125,20 @@ impl QueueHeader {
             head: SharedCounter::new(0),
             tail: SharedCounter::new(0),
         }
+    }
+}
+
+/// A value aligned to a 64-byte cache line: a [`QueueHeader`] in process memory wrapped in
+/// this can never put a counter across a line, which [`Queue::from_parts`] refuses.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct LineAligned<T>(pub T);
+
+impl<T> core::ops::Deref for LineAligned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
@@ -279,9 +294,30 @@ impl fmt::Display for QueueError {
 
 impl core::error::Error for QueueError {}
 
-/// One queue: a header and its element slots. Split it into a [`Producer`] and a
-/// [`Consumer`]; a process uses one role per queue.
-#[derive(Clone, Copy)]
+/// One queue: a header and its element slots. Split it into its [`Producer`] and
+/// [`Consumer`] with [`split`](Queue::split); a process uses one role per queue.
+///
+/// A `Queue` is neither `Copy` nor `Clone`, and `split` consumes it, so one `Queue` value
+/// yields exactly one producer (the only thing that serialises pushes in this process) and one
+/// consumer:
+///
+/// ```compile_fail
+/// # use shmlink_core::queue::{ElementSlot, LineAligned, Queue, QueueHeader};
+/// let header = LineAligned(QueueHeader::new(16));
+/// let slots: Vec<ElementSlot> = (0..16).map(|_| ElementSlot::default()).collect();
+/// let queue = Queue::from_parts(&header, &slots).unwrap();
+/// let (first, _) = queue.split();
+/// let (second, _) = queue.split(); // error: `queue` was moved by the first split
+/// ```
+///
+/// ```compile_fail
+/// # use shmlink_core::queue::{ElementSlot, LineAligned, Producer, Queue, QueueHeader};
+/// let header = LineAligned(QueueHeader::new(16));
+/// let slots: Vec<ElementSlot> = (0..16).map(|_| ElementSlot::default()).collect();
+/// let queue = Queue::from_parts(&header, &slots).unwrap();
+/// let (producer, _) = queue.split();
+/// let another = Producer::new(*producer.queue()); // error: no public constructor, no copy
+/// ```
 pub struct Queue<'a> {
     header: &'a QueueHeader,
     slots: &'a [ElementSlot],
@@ -301,7 +337,8 @@ impl fmt::Debug for Queue<'_> {
 
 impl<'a> Queue<'a> {
     /// A queue over a header and slots held in ordinary memory (tests, loom models).
-    /// The header's capacity must equal `slots.len()`.
+    /// The header's capacity must equal `slots.len()`, and, like every constructor, the
+    /// header must not put a head/tail counter across a cache line.
     pub fn from_parts(
         header: &'a QueueHeader,
         slots: &'a [ElementSlot],
@@ -314,6 +351,8 @@ impl<'a> Queue<'a> {
                 value: i64::from(cap),
             });
         }
+        #[cfg(not(loom))]
+        check_cache_lines(core::ptr::from_ref(header).cast::<u8>() as usize, cap)?;
         let queue = Self { header, slots, cap };
         queue.check_counters()?;
         Ok(queue)
@@ -380,7 +419,7 @@ impl<'a> Queue<'a> {
                 actual: region.len(),
             });
         }
-        check_cache_lines(region, cap)?;
+        check_cache_lines(region.as_ptr().as_ptr() as usize, cap)?;
         let header = region
             .layout_at::<QueueHeader>(0)
             .ok_or(QueueError::Misaligned {
@@ -433,9 +472,23 @@ impl<'a> Queue<'a> {
         self.header.tail.load()
     }
 
-    /// Splits the queue into its two roles.
+    /// Splits the queue into its two roles: the only way to get a [`Producer`] or a
+    /// [`Consumer`]. Drop the role this process does not play.
     pub fn split(self) -> (Producer<'a>, Consumer<'a>) {
-        (Producer::new(self), Consumer { queue: self })
+        let roles = Roles {
+            header: self.header,
+            slots: self.slots,
+            cap: self.cap,
+        };
+        (
+            Producer {
+                queue: self,
+                lock: ProducerLock::new(()),
+            },
+            Consumer {
+                queue: roles.queue(),
+            },
+        )
     }
 
     fn size(&self, head: i64, tail: i64) -> Result<u32, QueueError> {
@@ -466,14 +519,14 @@ impl<'a> Queue<'a> {
     }
 }
 
-/// On x86, plain 8-byte loads are atomic only within one cache line. The first queue's
-/// counters sit at bytes 4..20 of a page; the second queue's depend on the capacity.
+/// On x86 a locked add across a cache line is a split lock (slow, and fatal under
+/// `split_lock_detect=fatal`). The first queue's counters sit at bytes 4..20 of a page; the
+/// second queue's depend on the capacity. `base` is the header's address.
 #[cfg(not(loom))]
-fn check_cache_lines(region: Region<'_>, cap: u32) -> Result<(), QueueError> {
+fn check_cache_lines(base: usize, cap: u32) -> Result<(), QueueError> {
     if !cfg!(target_arch = "x86_64") {
         return Ok(());
     }
-    let base = region.as_ptr().as_ptr() as usize;
     for field in [4usize, 12] {
         let start = base + field;
         if start / 64 != (start + 7) / 64 {
@@ -518,8 +571,26 @@ impl ElementSlot {
     }
 }
 
+/// The parts of a queue, to build the consumer's own `Queue` in `split` without making
+/// `Queue` copyable in public.
+struct Roles<'a> {
+    header: &'a QueueHeader,
+    slots: &'a [ElementSlot],
+    cap: u32,
+}
+
+impl<'a> Roles<'a> {
+    fn queue(self) -> Queue<'a> {
+        Queue {
+            header: self.header,
+            slots: self.slots,
+            cap: self.cap,
+        }
+    }
+}
+
 /// The producing side of a queue. Shareable between threads of one process: pushes are
-/// serialised by a short spin lock.
+/// serialised by a short spin lock. Made only by [`Queue::split`].
 pub struct Producer<'a> {
     queue: Queue<'a>,
     lock: ProducerLock,
@@ -534,15 +605,6 @@ impl fmt::Debug for Producer<'_> {
 }
 
 impl<'a> Producer<'a> {
-    /// The producing side of `queue`. A process must create only one per queue, or its
-    /// producers are no longer serialised.
-    pub fn new(queue: Queue<'a>) -> Self {
-        Self {
-            queue,
-            lock: ProducerLock::new(()),
-        }
-    }
-
     /// The queue this side pushes to.
     pub fn queue(&self) -> &Queue<'a> {
         &self.queue
@@ -592,18 +654,14 @@ impl<'a> Producer<'a> {
     }
 }
 
-/// The consuming side of a queue. Exactly one per queue, across both processes.
+/// The consuming side of a queue. Exactly one per queue, across both processes; made only
+/// by [`Queue::split`].
 #[derive(Debug)]
 pub struct Consumer<'a> {
     queue: Queue<'a>,
 }
 
 impl<'a> Consumer<'a> {
-    /// The consuming side of `queue`.
-    pub fn new(queue: Queue<'a>) -> Self {
-        Self { queue }
-    }
-
     /// The queue this side pops from.
     pub fn queue(&self) -> &Queue<'a> {
         &self.queue
@@ -654,12 +712,22 @@ impl<'a> Consumer<'a> {
 }
 
 /// The two queues of a queue region, from one side's point of view.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct QueuePair<'a> {
     /// The queue this process pushes to.
     pub send: Queue<'a>,
     /// The queue this process pops from.
     pub recv: Queue<'a>,
+}
+
+impl<'a> QueuePair<'a> {
+    /// This process's two roles: the producer of the send queue and the consumer of the
+    /// receive queue.
+    pub fn into_roles(self) -> (Producer<'a>, Consumer<'a>) {
+        let (producer, _) = self.send.split();
+        let (_, consumer) = self.recv.split();
+        (producer, consumer)
+    }
 }
 
 /// Which end of the connection a process is (PROTOCOL.md 1.2).

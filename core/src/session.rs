@@ -3,9 +3,13 @@
 //! closes, the circuit breaker, and Go's metrics. Sans-IO: time comes in as milliseconds,
 //! deliveries go out through a callback, and the caller performs every write.
 //!
-//! A received chain is validated in full (every link checked by
-//! [`BufferManager::walk_chain`]) before any of it is delivered, so a hostile element yields
-//! an error and nothing half-delivered.
+//! A received chain is walked once by [`BufferManager::receive_chain`], which checks every
+//! link and records each slice as ours in the process-local ownership ledger; exactly the
+//! segments validated are delivered, so a hostile element yields an error and nothing
+//! half-delivered, and a slice never gets two owners.
+//!
+//! A stream closed locally keeps its id (PROTOCOL.md 5.2) until the peer's close arrives, so
+//! data the peer queued before it saw our close is recycled instead of opening a new stream.
 //!
 //! ```
 //! use shmlink_core::queue::Side;
@@ -22,7 +26,8 @@
 //! assert!(client.is_healthy(31_000));
 //! ```
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::buffer::{BufferError, BufferManager, Segment};
@@ -162,6 +167,14 @@ struct Entry {
     fallback: bool,
 }
 
+/// How many locally closed ids a session remembers while waiting for the peer's close.
+///
+/// A Go peer never answers a close with one of its own (closing from half-closed sends
+/// nothing), so an id we closed first is kept until the peer closes it too or until this many
+/// later closes have pushed it out. Data the peer sent before it saw our close is at most a
+/// queue's worth of elements behind it, long before that.
+pub const CLOSED_IDS_REMEMBERED: usize = 4096;
+
 /// One session's bookkeeping.
 #[derive(Debug)]
 pub struct Session {
@@ -169,9 +182,15 @@ pub struct Session {
     version: u8,
     last_id: u32,
     streams: BTreeMap<u32, Entry>,
+    /// Ids closed locally whose close the peer has not answered (see
+    /// [`CLOSED_IDS_REMEMBERED`]), with their order of closing.
+    closed: BTreeSet<u32>,
+    closed_order: VecDeque<u32>,
     breaker_ms: u64,
     unhealthy_until_ms: Option<u64>,
     metrics: Metrics,
+    /// Scratch for received chains, reused so no element allocates in steady state.
+    segments: Vec<Segment>,
 }
 
 impl Session {
@@ -188,9 +207,35 @@ impl Session {
                 Side::Server => 2,
             },
             streams: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            closed_order: VecDeque::new(),
             breaker_ms,
             unhealthy_until_ms: None,
             metrics: Metrics::default(),
+            segments: Vec::new(),
+        }
+    }
+
+    /// Whether `id` was closed locally and the peer has not closed it yet (its data is
+    /// recycled, never delivered).
+    pub fn is_closed_locally(&self, id: u32) -> bool {
+        self.closed.contains(&id)
+    }
+
+    fn remember_closed(&mut self, id: u32) {
+        if self.closed.insert(id) {
+            self.closed_order.push_back(id);
+        }
+        while self.closed_order.len() > CLOSED_IDS_REMEMBERED {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+    }
+
+    fn forget_closed(&mut self, id: u32) {
+        if self.closed.remove(&id) {
+            self.closed_order.retain(|&c| c != id);
         }
     }
 
@@ -243,7 +288,7 @@ impl Session {
             if self.last_id == 0 {
                 continue;
             }
-            if !self.streams.contains_key(&self.last_id) {
+            if !self.streams.contains_key(&self.last_id) && !self.closed.contains(&self.last_id) {
                 self.streams.insert(
                     self.last_id,
                     Entry {
@@ -295,13 +340,18 @@ impl Session {
     }
 
     /// Closes `id` locally and says what to send. A stream the peer already closed closes
-    /// silently (Go sends nothing from half-closed).
+    /// silently (Go sends nothing from half-closed). A stream still open on the peer's side
+    /// keeps its id until the peer's close arrives: its data is recycled meanwhile, and
+    /// neither side can reopen the id.
     pub fn close_stream(&mut self, id: u32) -> CloseAction {
         match self.streams.remove(&id) {
             Some(Entry {
                 state: StreamState::Opened,
                 ..
-            }) => CloseAction::SendClose(Element::close(id)),
+            }) => {
+                self.remember_closed(id);
+                CloseAction::SendClose(Element::close(id))
+            }
             _ => CloseAction::Nothing,
         }
     }
@@ -309,6 +359,8 @@ impl Session {
     /// Forgets every stream (the session is shutting down; nothing is sent).
     pub fn clear(&mut self) {
         self.streams.clear();
+        self.closed.clear();
+        self.closed_order.clear();
     }
 
     /// Interprets one element popped from the receive queue.
@@ -321,13 +373,16 @@ impl Session {
         self.metrics.receive_queue_count += 1;
         match element.state() {
             STATUS_OPENED => {
-                // Validate the whole chain before delivering any of it.
-                for segment in buffers.walk_chain(element.offset) {
-                    segment.map_err(SessionError::BadChain)?;
+                // One walk: validate every link and take ownership of every slice; deliver
+                // exactly those segments, never re-reading the peer-writable headers.
+                let mut segments = core::mem::take(&mut self.segments);
+                let taken = buffers.receive_chain(element.offset, &mut segments);
+                if let Err(e) = taken {
+                    self.segments = segments;
+                    return Err(SessionError::BadChain(e));
                 }
                 let wanted = self.accept_data(element.stream_id, deliver);
-                for segment in buffers.walk_chain(element.offset) {
-                    let segment = segment.map_err(SessionError::BadChain)?;
+                for &segment in &segments {
                     if wanted && segment.len > 0 {
                         self.metrics.in_flow_bytes += u64::from(segment.len);
                         deliver(Delivery::Shm {
@@ -338,6 +393,8 @@ impl Session {
                         deliver(Delivery::Recycle(segment.slice));
                     }
                 }
+                segments.clear();
+                self.segments = segments;
                 Ok(())
             }
             STATUS_CLOSED => {
@@ -362,6 +419,8 @@ impl Session {
                 state: StreamState::HalfClosed,
                 ..
             }) => false,
+            // Closed here, not yet by the peer: its data is recycled, not a new stream.
+            None if self.closed.contains(&id) => false,
             None if self.side == Side::Server && id != 0 => {
                 self.streams.insert(
                     id,
@@ -378,6 +437,8 @@ impl Session {
     }
 
     fn peer_closed<'f>(&mut self, id: u32, deliver: &mut impl FnMut(Delivery<'f>)) {
+        // Both sides have closed: the id is free again.
+        self.forget_closed(id);
         if let Some(e) = self.streams.get_mut(&id) {
             if e.state == StreamState::Opened {
                 e.state = StreamState::HalfClosed;

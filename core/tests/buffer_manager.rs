@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashSet;
 
 use common::{Mapping, gunzip_fixture};
-use shmlink_core::buffer::{self, BufferError, DEFAULT_SIZE_CLASSES, Role, SizeClass, SliceFault};
+use shmlink_core::buffer::{
+    self, BufferError, DEFAULT_SIZE_CLASSES, Ownership, Role, SizeClass, SliceFault,
+};
 
 const DEFAULT_LEN: usize = 32 << 20;
 
@@ -180,8 +182,9 @@ fn alloc_falls_through_to_a_larger_list_when_the_fitting_one_is_empty() {
     assert_eq!(taken.len() as u32, small.capacity() - 1);
     let c = m.alloc(10).unwrap();
     assert_eq!(c.capacity(), 4096);
+    // Popped straight from the list, as the peer would: they go back the same way.
     for abs in taken {
-        m.recycle(abs).unwrap();
+        small.push(abs).unwrap();
     }
     m.recycle_chain(c.first()).unwrap();
     assert!(m.all_free());
@@ -232,7 +235,9 @@ fn recycling_a_free_slice_or_a_non_slice_offset_is_refused() {
         m.recycle(c.first()),
         Err(BufferError::BadSlice {
             offset: c.first(),
-            fault: SliceFault::NotInUse
+            fault: SliceFault::NotOwned {
+                state: Ownership::NotOurs
+            }
         })
     );
     assert_eq!(
@@ -263,9 +268,15 @@ fn creator_counts_at_offset_20_and_mapper_at_offset_24() {
     let stats = creator.lists()[0].stats();
     assert_eq!((stats.counter_creator, stats.counter_mapper), (1, 2));
     // The receiver recycles: the mapper returns the creator's slice and vice versa.
+    let mut got = Vec::new();
+    creator.hand_over(a.first()).unwrap();
+    mapper.receive_chain(a.first(), &mut got).unwrap();
     mapper.recycle(a.first()).unwrap();
-    creator.recycle(b.first()).unwrap();
-    creator.recycle(c.first()).unwrap();
+    for x in [b, c] {
+        mapper.hand_over(x.first()).unwrap();
+        creator.receive_chain(x.first(), &mut got).unwrap();
+        creator.recycle(x.first()).unwrap();
+    }
     let stats = creator.lists()[0].stats();
     assert_eq!((stats.counter_creator, stats.counter_mapper), (-1, 1));
     assert!(creator.all_free());
@@ -414,7 +425,11 @@ fn a_received_chain_is_read_and_recycled_exactly_once() {
     let sender = small_manager(&mapping);
     let receiver = buffer::attach(mapping.region(), Role::Mapper).unwrap();
     let chain = sent_chain(&sender, 4);
-    let seen: Vec<_> = receiver.walk_chain(chain[0]).map(Result::unwrap).collect();
+    for &abs in &chain {
+        sender.hand_over(abs).unwrap();
+    }
+    let mut seen = Vec::new();
+    receiver.receive_chain(chain[0], &mut seen).unwrap();
     assert_eq!(seen.iter().map(|s| s.slice).collect::<Vec<_>>(), chain);
     assert!(seen.iter().all(|s| s.len == 10 && s.data == s.slice + 20));
     assert_eq!(receiver.recycle_chain(chain[0]).unwrap(), 4);

@@ -103,7 +103,7 @@ fn go_queue_region_decodes_to_the_recorded_elements() {
 
     let to_server = [(2, 44, 0), (2, 16_428, 0), (2, 32_812, 0), (2, 65_580, 0)];
     let to_client = [(2, 8236, 0), (2, 24_620, 0), (2, 49_196, 0), (2, 73_772, 0)];
-    for (queue, expected) in [(server.recv, to_server), (server.send, to_client)] {
+    for (queue, expected) in [(&server.recv, to_server), (&server.send, to_client)] {
         assert_eq!(
             queue.stats(),
             QueueStats {

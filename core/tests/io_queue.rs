@@ -4,7 +4,7 @@
 mod common;
 
 use common::Mapping;
-use shmlink_core::queue::{self, Consumer, Drain, Element, Producer, QueueError, Side, Wake};
+use shmlink_core::queue::{self, Drain, Element, QueueError, Side, Wake};
 
 fn data(stream_id: u32, offset: u32) -> Element {
     Element::data(stream_id, offset)
@@ -14,8 +14,7 @@ fn data(stream_id: u32, offset: u32) -> Element {
 fn elements_come_out_in_order_across_many_wraparounds() {
     let mapping = Mapping::zeroed(queue::region_size(16));
     let pair = queue::format_region(mapping.region(), 16).unwrap();
-    let (producer, _) = pair.send.split();
-    let mut consumer = Consumer::new(pair.send);
+    let (producer, mut consumer) = pair.send.split();
     let mut next_out = 0u32;
     for round in 0..100u32 {
         for k in 0..(round % 16 + 1) {
@@ -27,7 +26,7 @@ fn elements_come_out_in_order_across_many_wraparounds() {
         }
         assert_eq!(consumer.pop().unwrap(), None);
     }
-    assert_eq!(pair.send.pushed_total(), i64::from(next_out));
+    assert_eq!(producer.queue().pushed_total(), i64::from(next_out));
 }
 
 #[test]
@@ -60,11 +59,11 @@ fn only_the_idle_to_busy_edge_asks_for_a_notify() {
     // Elements still queued when the consumer lowers its flag: drain again, flag back up,
     // so the producer stays silent.
     assert_eq!(consumer.finish_drain().unwrap(), Drain::Again);
-    assert_eq!(pair.send.stats().working, 1);
+    assert_eq!(producer.queue().stats().working, 1);
     assert_eq!(producer.push(data(2, 4)).unwrap(), Wake::PeerAwake);
     while consumer.pop().unwrap().is_some() {}
     assert_eq!(consumer.finish_drain().unwrap(), Drain::Idle);
-    assert_eq!(pair.send.stats().working, 0);
+    assert_eq!(producer.queue().stats().working, 0);
     assert_eq!(producer.push(Element::close(2)).unwrap(), Wake::NotifyPeer);
     assert_eq!(
         consumer.pop().unwrap().map(|e| e.state()),
@@ -77,10 +76,8 @@ fn client_and_server_see_the_two_halves_crosswise() {
     let mapping = Mapping::zeroed(queue::region_size(8192));
     let client = queue::format_region(mapping.region(), 8192).unwrap();
     let server = queue::attach_region(mapping.region(), Side::Server).unwrap();
-    let client_tx = Producer::new(client.send);
-    let server_tx = Producer::new(server.send);
-    let mut server_rx = Consumer::new(server.recv);
-    let mut client_rx = Consumer::new(client.recv);
+    let (client_tx, mut client_rx) = client.into_roles();
+    let (server_tx, mut server_rx) = server.into_roles();
     let _ = client_tx.push(data(2, 44)).unwrap();
     let _ = server_tx.push(data(2, 8236)).unwrap();
     assert_eq!(server_rx.pop().unwrap(), Some(data(2, 44)));
@@ -169,7 +166,7 @@ fn a_peer_that_corrupts_the_tail_gets_an_error_and_nothing_is_consumed() {
             value: 1000
         })
     );
-    assert_eq!(pair.send.stats().head, 0);
+    assert_eq!(producer.queue().stats().head, 0);
     assert!(matches!(
         producer.push(data(2, 2)),
         Err(QueueError::Corrupted { .. })
@@ -198,8 +195,7 @@ fn two_producer_threads_and_a_consumer_thread_lose_and_reorder_nothing() {
     const PER_PRODUCER: u32 = 200_000;
     let mapping = Mapping::zeroed(queue::region_size(64));
     let pair = queue::format_region(mapping.region(), 64).unwrap();
-    let producer = Producer::new(pair.send);
-    let mut consumer = Consumer::new(pair.send);
+    let (producer, mut consumer) = pair.send.split();
     std::thread::scope(|s| {
         for id in [2u32, 3] {
             let producer = &producer;
@@ -223,5 +219,5 @@ fn two_producer_threads_and_a_consumer_thread_lose_and_reorder_nothing() {
             }
         }
     });
-    assert_eq!(pair.send.stats().tail, i64::from(2 * PER_PRODUCER));
+    assert_eq!(producer.queue().stats().tail, i64::from(2 * PER_PRODUCER));
 }

@@ -147,7 +147,7 @@ proptest! {
             Err(FrameError::BadVersion { .. }) => prop_assert!(magic == 0x7758 && version == 0),
             Err(FrameError::UnknownType { found }) => prop_assert!(found > 9),
             Err(FrameError::BadLength { length, .. }) => prop_assert_eq!(length, len),
-            Err(FrameError::TooLong { length }) => prop_assert_eq!(length, len),
+            Err(FrameError::TooLong { length, .. }) => prop_assert_eq!(length, len),
             Err(other) => prop_assert!(false, "unexpected {:?}", other),
             Ok(Decoded::Frame(frame, _)) => prop_assert!(len == 8 && frame.encoded_len() == 8),
             Ok(Decoded::Incomplete { needed }) => prop_assert_eq!(needed, len as usize),

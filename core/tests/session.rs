@@ -4,7 +4,7 @@
 mod common;
 
 use common::Mapping;
-use shmlink_core::buffer::{self, BufferError, SizeClass, SliceFault};
+use shmlink_core::buffer::{self, BufferError, Ownership, Role, SizeClass, SliceFault};
 use shmlink_core::frame::{Frame, Message, MessageType};
 use shmlink_core::queue::{Element, Side};
 use shmlink_core::session::{CloseAction, Delivery, Route, Session, SessionError, StreamState};
@@ -18,6 +18,25 @@ fn buffers(mapping: &Mapping) -> buffer::BufferManager<'_> {
         }],
     )
     .unwrap()
+}
+
+/// The peer's view of the same region: allocates `lens.len()` slices, links them, and hands
+/// them over as a sender does just before its queue push.
+fn peer_chain(mapping: &Mapping, lens: &[u32]) -> Vec<u32> {
+    let peer = buffer::attach(mapping.region(), Role::Mapper).unwrap();
+    let mut slices: Vec<u32> = Vec::new();
+    for &len in lens {
+        let abs = peer.alloc(u64::from(len.max(1))).unwrap().first();
+        peer.set_len(abs, len).unwrap();
+        if let Some(&prev) = slices.last() {
+            peer.link(prev, abs).unwrap();
+        }
+        slices.push(abs);
+    }
+    for &abs in &slices {
+        peer.hand_over(abs).unwrap();
+    }
+    slices
 }
 
 fn owned(d: Delivery<'_>) -> String {
@@ -40,15 +59,12 @@ fn client_ids_start_at_2_and_are_consecutive_server_ids_at_3() {
 fn data_for_an_unknown_id_opens_a_stream_on_the_server_and_is_recycled_on_the_client() {
     let mapping = Mapping::zeroed(64 << 10);
     let m = buffers(&mapping);
-    let chain = m.alloc(10).unwrap();
-    m.set_len(chain.first(), 10).unwrap();
+    let first = peer_chain(&mapping, &[10])[0];
 
     let mut server = Session::new(Side::Server, 3, 0);
     let mut got = Vec::new();
     server
-        .on_element(Element::data(2, chain.first()), &m, &mut |d| {
-            got.push(owned(d))
-        })
+        .on_element(Element::data(2, first), &m, &mut |d| got.push(owned(d)))
         .unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0], "Opened(2)");
@@ -58,12 +74,11 @@ fn data_for_an_unknown_id_opens_a_stream_on_the_server_and_is_recycled_on_the_cl
 
     let mut client = Session::new(Side::Client, 3, 0);
     let mut got = Vec::new();
+    let other = peer_chain(&mapping, &[10])[0];
     client
-        .on_element(Element::data(7, chain.first()), &m, &mut |d| {
-            got.push(owned(d))
-        })
+        .on_element(Element::data(7, other), &m, &mut |d| got.push(owned(d)))
         .unwrap();
-    assert_eq!(got, [format!("Recycle({})", chain.first())]);
+    assert_eq!(got, [format!("Recycle({other})")]);
     assert_eq!(client.stream_state(7), None);
 }
 
@@ -173,11 +188,8 @@ fn handshake_messages_after_the_handshake_are_protocol_errors() {
 fn a_hostile_element_is_an_error_and_nothing_of_its_chain_is_delivered() {
     let mapping = Mapping::zeroed(64 << 10);
     let m = buffers(&mapping);
-    let first = m.alloc(10).unwrap().first();
-    let second = m.alloc(10).unwrap().first();
-    m.set_len(first, 10).unwrap();
-    m.set_len(second, 10).unwrap();
-    m.link(first, second).unwrap();
+    let chain = peer_chain(&mapping, &[10, 10]);
+    let (first, second) = (chain[0], chain[1]);
     // The second slice's length is corrupted.
     mapping.poke(second as usize + 4, &5000u32.to_le_bytes());
     let mut s = Session::new(Side::Server, 3, 0);
@@ -200,6 +212,11 @@ fn a_hostile_element_is_an_error_and_nothing_of_its_chain_is_delivered() {
         s.stream_state(2),
         None,
         "no stream opened for a rejected element"
+    );
+    assert_eq!(
+        m.ownership(first),
+        Ok(Ownership::NotOurs),
+        "a rejected chain leaves nothing taken"
     );
     // An offset that is not a slice at all.
     let err = s

@@ -492,7 +492,12 @@ impl Inner {
     }
 
     /// Pushes `element`, retrying a full queue like Go, and wakes the peer if needed.
-    pub(crate) fn push_element(&self, element: Element) -> Result<(), Error> {
+    ///
+    /// An error means the element was not pushed, except when the push succeeded and only
+    /// the wake-up failed: the session is then closed (the socket is gone) and the element's
+    /// slices may be the peer's, so the caller must not recycle them; that case is
+    /// `Ok(Err(_))`.
+    pub(crate) fn push_element(&self, element: Element) -> Result<Result<(), Error>, Error> {
         for attempt in 0..=QUEUE_FULL_RETRIES {
             if self.is_closed() {
                 return Err(Error::SessionClosed(self.close_reason()));
@@ -500,9 +505,9 @@ impl Inner {
             match self.shm.send.push(element) {
                 Ok(Wake::NotifyPeer) => {
                     lock(&self.state).core.sent_polling();
-                    return self.send_frame(&Frame::new(self.version(), Message::Polling));
+                    return Ok(self.send_frame(&Frame::new(self.version(), Message::Polling)));
                 }
-                Ok(Wake::PeerAwake) => return Ok(()),
+                Ok(Wake::PeerAwake) => return Ok(Ok(())),
                 Err(QueueError::Full { .. }) if attempt < QUEUE_FULL_RETRIES => {
                     std::thread::sleep(QUEUE_FULL_WAIT)
                 }

@@ -72,10 +72,11 @@ impl Shm {
     ) -> Result<Self, Error> {
         let buffer_region = unbounded(&buffer_mapping);
         let (pair, buffers) = views(unbounded(&queue_mapping), buffer_region)?;
+        let (send, recv) = pair.into_roles();
         Ok(Self {
             buffers,
-            send: Producer::new(pair.send),
-            recv: Mutex::new(Consumer::new(pair.recv)),
+            send,
+            recv: Mutex::new(recv),
             buffer_region,
             queue_mapping,
             buffer_mapping,

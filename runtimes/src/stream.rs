@@ -20,6 +20,7 @@ use shmlink_core::buffer::{BufferError, Segment};
 use shmlink_core::frame::{Frame, MAX_FRAME_LEN, Message};
 use shmlink_core::queue::Element;
 use shmlink_core::session::{Piece, ReceiveBuffer, Route, SessionError};
+use shmlink_core::slice::SLICE_HEADER_SIZE;
 
 use crate::Error;
 use crate::session::Inner;
@@ -149,14 +150,21 @@ impl Stream {
                     let buffers = &self.inner.shm.buffers;
                     let mut slices = Vec::with_capacity(chain.count() as usize);
                     let mut left = n as u64;
-                    for segment in buffers.walk_chain(chain.first()) {
-                        let segment = segment?;
-                        let (data, cap) = buffers.data_area(segment.slice)?;
+                    // Our own chain, read back from the links we just wrote and checked
+                    // against the ownership ledger.
+                    for slice in buffers.own_chain(&chain) {
+                        let (slice, cap) = match slice {
+                            Ok(found) => found,
+                            Err(e) => {
+                                let _ = buffers.free_chain(&chain);
+                                return Err(e.into());
+                            }
+                        };
                         let usable = u64::from(cap).min(left) as u32;
                         left -= u64::from(usable);
                         slices.push(Slice {
-                            slice: segment.slice,
-                            data,
+                            slice,
+                            data: slice + SLICE_HEADER_SIZE as u32,
                             len: usable,
                         });
                     }
@@ -286,14 +294,28 @@ impl Stream {
         for s in &slices[used..] {
             buffers.recycle(s.slice)?;
         }
-        if let Err(e) = self
+        // From the push on the slices are the peer's: give up our claim first, so that a
+        // peer quick enough to recycle and send one back finds it not ours.
+        for s in &slices[..used] {
+            buffers.hand_over(s.slice)?;
+        }
+        match self
             .inner
             .push_element(Element::data(self.id(), slices[0].slice))
         {
-            for s in &slices[..used] {
-                let _ = buffers.recycle(s.slice);
+            Ok(Ok(())) => {}
+            // Pushed, but the wake-up failed and the session is closing: the slices are the
+            // peer's now, whatever it does with them.
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                // Nothing reached the peer: the slices are still ours to recycle.
+                for s in &slices[..used] {
+                    if buffers.take_back(s.slice).is_ok() {
+                        let _ = buffers.recycle(s.slice);
+                    }
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         self.inner.lock_state().core.sent_queue(written as u64);
         Ok(())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shmlink::{Config, Error, Session};
 use shmlink_core::frame::{Decoded, Frame, Message};
 use shmlink_core::handshake::{Input, Output, ServerHandshake};
-use shmlink_core::queue::{self, Element, Producer, Side, Wake};
+use shmlink_core::queue::{self, Element, Side, Wake};
 use shmlink_linux::region::SharedRegion;
 use shmlink_linux::socket::{Conn, Listener};
 use shmlink_tests::unique;
@@ -122,7 +122,7 @@ fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
     let mut stream = session.open_stream().unwrap();
     stream.send(b"hello").unwrap();
     let pair = queue::attach_region(raw.queue.region(), Side::Server).unwrap();
-    let producer = Producer::new(pair.send);
+    let (producer, _) = pair.into_roles();
     // Offset 12345 is not a slice boundary of any list.
     if producer.push(Element::data(stream.id(), 12345)).unwrap() == Wake::NotifyPeer {
         let mut polling = Vec::new();

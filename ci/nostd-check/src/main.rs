@@ -6,9 +6,9 @@
 
 use core::panic::PanicInfo;
 
-use shmlink_core::buffer::{BufferList, BufferManager, ListHeader, Role, SliceTable};
+use shmlink_core::buffer::{BufferList, BufferManager, LedgerWord, ListHeader, Role, SliceTable};
 use shmlink_core::frame::{Decoded, Frame, Message};
-use shmlink_core::queue::{Element, ElementSlot, Queue, QueueHeader, Wake};
+use shmlink_core::queue::{Element, ElementSlot, LineAligned, Queue, QueueHeader, Wake};
 use shmlink_core::slice::SliceHeader;
 
 #[panic_handler]
@@ -26,7 +26,7 @@ pub extern "C" fn rust_eh_personality() {}
 unsafe extern "C" {}
 
 fn run() -> Result<(), u8> {
-    let header = QueueHeader::new(4);
+    let header = LineAligned(QueueHeader::new(4));
     let slots: [ElementSlot; 4] = core::array::from_fn(|_| ElementSlot::default());
     let (producer, mut consumer) = Queue::from_parts(&header, &slots).map_err(|_| 1)?.split();
     if producer.push(Element::data(2, 44)) != Ok(Wake::NotifyPeer) {
@@ -40,9 +40,10 @@ fn run() -> Result<(), u8> {
     let slices: [SliceHeader; 4] = core::array::from_fn(|_| SliceHeader::default());
     let table = SliceTable::from_headers(&slices, 64).ok_or(4)?;
     let list = BufferList::format(&list_header, table, 8, Role::Creator).map_err(|_| 5)?;
-    let manager = BufferManager::from_lists(&[list], 1024).map_err(|_| 6)?;
+    let ledger: [LedgerWord; 1] = core::array::from_fn(|_| LedgerWord::default());
+    let manager = BufferManager::from_lists_in(&[list], 1024, &ledger).map_err(|_| 6)?;
     let chain = manager.alloc(100).map_err(|_| 7)?;
-    if chain.count() != 2 || manager.recycle_chain(chain.first()) != Ok(2) || !manager.all_free() {
+    if chain.count() != 2 || manager.free_chain(&chain) != Ok(2) || !manager.all_free() {
         return Err(8);
     }
 

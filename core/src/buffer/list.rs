@@ -16,6 +16,10 @@ use crate::sync::{AtomicI32, AtomicU32, Ordering, spin_hint};
 
 use super::{BufferError, Role, SliceFault};
 
+/// The `next` a recycled slice carries until the following recycle links it: never a slice
+/// offset (slice offsets are multiples of the stride below the list's size).
+pub const NO_NEXT: u32 = u32::MAX;
+
 /// Bytes of a buffer list header.
 pub const LIST_HEADER_SIZE: usize = 36;
 /// Go's bound on CAS attempts in one pop.
@@ -210,7 +214,10 @@ impl<'a> BufferList<'a> {
         }
         // SYNC: formatting a private region (or heap memory before it is shared); the
         // handshake (or thread spawn) publishes it.
-        header.size.store(n as i32, Ordering::Relaxed);
+        let size = i32::try_from(n).map_err(|_| BufferError::InvalidConfig {
+            reason: "a buffer list holds at most i32::MAX slices",
+        })?;
+        header.size.store(size, Ordering::Relaxed);
         header.cap.store(n, Ordering::Relaxed);
         header.head.store(0, Ordering::Relaxed);
         header.tail.store((n - 1) * stride, Ordering::Relaxed);
@@ -240,7 +247,8 @@ impl<'a> BufferList<'a> {
         if cap != slices.len() {
             return Err(corrupted("cap", cap));
         }
-        if slice_size + SLICE_HEADER_SIZE as u32 != slices.stride() {
+        // Checked: a peer-written capacity near u32::MAX must be an error, not an overflow.
+        if slice_size.checked_add(SLICE_HEADER_SIZE as u32) != Some(slices.stride()) {
             return Err(corrupted("capPerBuffer", slice_size));
         }
         let this = Self {
@@ -321,7 +329,8 @@ impl<'a> BufferList<'a> {
         // SYNC: SeqCst like Go; pairs with the head CAS of other poppers.
         let mut head = h.head.load(Ordering::SeqCst);
         // SYNC: SeqCst RMW like Go; pairs with push's increment and other pops.
-        if h.size.fetch_sub(1, Ordering::SeqCst) - 1 <= 0 {
+        // Compared without arithmetic: the peer can write any value, i32::MIN included.
+        if h.size.fetch_sub(1, Ordering::SeqCst) <= 1 {
             self.undo_pop();
             return Ok(None);
         }
@@ -339,6 +348,17 @@ impl<'a> BufferList<'a> {
             if flags.contains(SliceFlags::HAS_NEXT) {
                 // SYNC: ordered by the acquire flags load above.
                 let next = slice.next.load(Ordering::Relaxed);
+                // The new head must be a slice of this list before anyone else can see it:
+                // publishing a bad head would hand the corruption to every later pop, ours
+                // and the peer's.
+                if self.slices.get(next).is_none() {
+                    self.undo_pop();
+                    return Err(BufferError::Corrupted {
+                        list: None,
+                        field: "next of the head slice",
+                        value: u64::from(next),
+                    });
+                }
                 // SYNC: SeqCst CAS like Go; pairs with other poppers' CAS and head loads.
                 if h.head
                     .compare_exchange(head, next, Ordering::SeqCst, Ordering::SeqCst)
@@ -396,6 +416,10 @@ impl<'a> BufferList<'a> {
         // SYNC: published by the tail CAS below, like the flags.
         slice.len.store(0, Ordering::Relaxed);
         slice.start.store(0, Ordering::Relaxed);
+        // The new tail has no successor yet; a `next` that is no slice offset makes a popper
+        // that reads it without the HAS_NEXT that publishes a real one fail loudly instead of
+        // following a stale link that looks valid (Go leaves the old value).
+        slice.next.store(NO_NEXT, Ordering::Relaxed);
         let h = self.header;
         for _ in 0..PUSH_ATTEMPTS {
             // SYNC: SeqCst like Go; pairs with the tail CAS of other pushers.

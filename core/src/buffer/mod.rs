@@ -63,13 +63,16 @@
 //! # Ok::<(), shmlink_core::buffer::BufferError>(())
 //! ```
 
+mod ledger;
 mod list;
 
 use core::fmt;
 
+use ledger::Ledger;
+pub use ledger::{LedgerWord, Ownership, SLICES_PER_WORD, ledger_words};
 pub use list::{
-    BufferList, FreeSlices, LIST_HEADER_SIZE, ListHeader, ListStats, POP_ATTEMPTS, PUSH_ATTEMPTS,
-    SliceTable,
+    BufferList, FreeSlices, LIST_HEADER_SIZE, ListHeader, ListStats, NO_NEXT, POP_ATTEMPTS,
+    PUSH_ATTEMPTS, SliceTable,
 };
 
 #[cfg(not(loom))]
@@ -158,6 +161,21 @@ pub enum SliceFault {
     },
     /// The chain has more links than the region has slices: it loops.
     ChainTooLong,
+    /// The slice is already held by this process (we are writing it, or received it and have
+    /// not recycled it): the peer named it twice, or handed us a slice we own. A second owner
+    /// is refused.
+    AlreadyOwned {
+        /// What this process holds of it.
+        state: Ownership,
+    },
+    /// The operation needs a slice this process holds in `expected` state, and it does not
+    /// (a double recycle, or a slice we never allocated or received).
+    NotOwned {
+        /// What this process holds of it.
+        state: Ownership,
+    },
+    /// Our own chain did not end where its length says: a link in our slices was rewritten.
+    ChainRewritten,
 }
 
 /// Errors of the buffer manager.
@@ -243,6 +261,20 @@ impl fmt::Display for BufferError {
                     SliceFault::ChainTooLong => {
                         write!(f, "chain longer than the number of slices (a cycle)")
                     }
+                    SliceFault::AlreadyOwned { state } => write!(
+                        f,
+                        "slice already has an owner in this process ({}); \
+                         a slice is never given two owners",
+                        describe(*state)
+                    ),
+                    SliceFault::NotOwned { state } => write!(
+                        f,
+                        "slice is not held by this process for this operation ({})",
+                        describe(*state)
+                    ),
+                    SliceFault::ChainRewritten => {
+                        write!(f, "a link of our own unsent chain was rewritten")
+                    }
                 }
             }
         }
@@ -250,6 +282,14 @@ impl fmt::Display for BufferError {
 }
 
 impl core::error::Error for BufferError {}
+
+fn describe(state: Ownership) -> &'static str {
+    match state {
+        Ownership::NotOurs => "not ours",
+        Ownership::Writing => "we are still writing it",
+        Ownership::Received => "we received it and have not recycled it",
+    }
+}
 
 /// The bytes [`format`] lays out: the header plus every list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,12 +363,37 @@ pub fn plan(
 }
 
 /// Formats a buffer region (the client's job) with Go's algorithm and returns the manager,
-/// as [`Role::Creator`]. `region` must be private to the caller.
-#[cfg(not(loom))]
+/// as [`Role::Creator`], with an ownership ledger on the heap. `region` must be private to
+/// the caller.
+#[cfg(all(not(loom), feature = "alloc"))]
 pub fn format<'a>(
     region: Region<'a>,
     classes: &[SizeClass],
 ) -> Result<BufferManager<'a>, BufferError> {
+    let (lists, len) = format_lists(region, classes)?;
+    BufferManager::new(lists, len, None)
+}
+
+/// [`format`] with the ownership ledger in `ledger` (at least [`ledger_words`] of the total
+/// slice count), for builds without a heap.
+#[cfg(not(loom))]
+pub fn format_in<'a>(
+    region: Region<'a>,
+    classes: &[SizeClass],
+    ledger: &'a [LedgerWord],
+) -> Result<BufferManager<'a>, BufferError> {
+    let (lists, len) = format_lists(region, classes)?;
+    BufferManager::new(lists, len, Some(ledger))
+}
+
+#[cfg(not(loom))]
+type Lists<'a> = heapless::Vec<BufferList<'a>, MAX_LISTS>;
+
+#[cfg(not(loom))]
+fn format_lists<'a>(
+    region: Region<'a>,
+    classes: &[SizeClass],
+) -> Result<(Lists<'a>, u32), BufferError> {
     let (plans, used) = plan(region.len() as u64, classes)?;
     let header: &BufferManagerHeader = region.layout_at(0).ok_or(BufferError::RegionTooSmall {
         needed: 8,
@@ -347,14 +412,32 @@ pub fn format<'a>(
         .store(plans.len() as u16, Ordering::Relaxed);
     header.reserved.store(0, Ordering::Relaxed);
     header.used_len.store(used, Ordering::Relaxed);
-    BufferManager::new(lists, region.len() as u32)
+    Ok((lists, region.len() as u32))
 }
 
 /// Attaches to a buffer region formatted by the peer (or by ourselves earlier), validating
 /// every header: list count, used length against the region size, each list's geometry,
-/// sizes, head and tail.
-#[cfg(not(loom))]
+/// sizes, head and tail. The ownership ledger goes on the heap.
+#[cfg(all(not(loom), feature = "alloc"))]
 pub fn attach(region: Region<'_>, role: Role) -> Result<BufferManager<'_>, BufferError> {
+    let (lists, len) = attach_lists(region, role)?;
+    BufferManager::new(lists, len, None)
+}
+
+/// [`attach`] with the ownership ledger in `ledger`, for builds without a heap; a ledger too
+/// small for the slices the region holds is an error naming the size needed.
+#[cfg(not(loom))]
+pub fn attach_in<'a>(
+    region: Region<'a>,
+    role: Role,
+    ledger: &'a [LedgerWord],
+) -> Result<BufferManager<'a>, BufferError> {
+    let (lists, len) = attach_lists(region, role)?;
+    BufferManager::new(lists, len, Some(ledger))
+}
+
+#[cfg(not(loom))]
+fn attach_lists(region: Region<'_>, role: Role) -> Result<(Lists<'_>, u32), BufferError> {
     let region_len = region.len() as u64;
     if region_len > u64::from(u32::MAX) {
         return Err(BufferError::InvalidConfig {
@@ -409,8 +492,9 @@ pub fn attach(region: Region<'_>, role: Role) -> Result<BufferManager<'_>, Buffe
                 ));
             }
         }
+        // u64: both factors are the peer's and a slice size near u32::MAX must not overflow.
         let bytes = LIST_HEADER_SIZE as u64
-            + u64::from(cap) * u64::from(slice_size + SLICE_HEADER_SIZE as u32);
+            + u64::from(cap) * (u64::from(slice_size) + SLICE_HEADER_SIZE as u64);
         if cap == 0 || offset + bytes > end {
             return Err(list_err("cap", u64::from(cap)));
         }
@@ -423,7 +507,7 @@ pub fn attach(region: Region<'_>, role: Role) -> Result<BufferManager<'_>, Buffe
     if offset != end {
         return Err(corrupted("used length", u64::from(used)));
     }
-    BufferManager::new(lists, region_len as u32)
+    Ok((lists, region_len as u32))
 }
 
 #[cfg(not(loom))]
@@ -444,7 +528,9 @@ fn list_parts<'a>(
         .ok_or(bad("header offset", u64::from(header_offset)))?;
     let base = header_offset + LIST_HEADER_SIZE as u32;
     let slices_region = region
-        .sub(base as usize, region.len() - base as usize)
+        .len()
+        .checked_sub(base as usize)
+        .and_then(|rest| region.sub(base as usize, rest))
         .ok_or(bad("header offset", u64::from(header_offset)))?;
     let slices = SliceTable::in_region(slices_region, slice_size, count)
         .ok_or(bad("cap", u64::from(count)))?;
@@ -494,33 +580,63 @@ impl SliceChain {
     }
 }
 
-/// The buffer manager of one buffer region, as seen by one process.
+/// The buffer manager of one buffer region, as seen by one process: the shared free lists,
+/// plus this process's [ownership ledger](Ownership) of the slices it holds.
 #[derive(Clone, Debug)]
 pub struct BufferManager<'a> {
     lists: heapless::Vec<BufferList<'a>, MAX_LISTS>,
+    /// Ledger index of each list's first slice.
+    first_index: heapless::Vec<u32, MAX_LISTS>,
     region_len: u32,
     total_slices: u32,
+    ledger: Ledger<'a>,
+}
+
+/// Where a slice offset points: its list, header and ledger index.
+struct Located<'m, 'a> {
+    list: &'m BufferList<'a>,
+    header: &'a SliceHeader,
+    index: u32,
 }
 
 impl<'a> BufferManager<'a> {
-    /// A manager over lists built by hand (tests, loom models). Lists must be sorted by slice
-    /// size, must not overlap, and must lie inside `region_len`.
+    /// A manager over lists built by hand (tests, loom models), with its ownership ledger on
+    /// the heap. Lists must be sorted by slice size, must not overlap, and must lie inside
+    /// `region_len`.
+    #[cfg(feature = "alloc")]
     pub fn from_lists(lists: &[BufferList<'a>], region_len: u32) -> Result<Self, BufferError> {
+        Self::new(Self::collect(lists)?, region_len, None)
+    }
+
+    /// [`from_lists`](Self::from_lists) with the ledger in `ledger`, for builds without a heap.
+    pub fn from_lists_in(
+        lists: &[BufferList<'a>],
+        region_len: u32,
+        ledger: &'a [LedgerWord],
+    ) -> Result<Self, BufferError> {
+        Self::new(Self::collect(lists)?, region_len, Some(ledger))
+    }
+
+    fn collect(
+        lists: &[BufferList<'a>],
+    ) -> Result<heapless::Vec<BufferList<'a>, MAX_LISTS>, BufferError> {
         let mut v = heapless::Vec::new();
         for list in lists {
             v.push(*list).map_err(|_| BufferError::InvalidConfig {
                 reason: "more than 32 lists",
             })?;
         }
-        Self::new(v, region_len)
+        Ok(v)
     }
 
     fn new(
         lists: heapless::Vec<BufferList<'a>, MAX_LISTS>,
         region_len: u32,
+        ledger: Option<&'a [LedgerWord]>,
     ) -> Result<Self, BufferError> {
         let mut total: u32 = 0;
         let mut prev_end = 0u64;
+        let mut first_index = heapless::Vec::new();
         for (i, list) in lists.iter().enumerate() {
             if u64::from(list.base()) < prev_end || list.end() > u64::from(region_len) {
                 return Err(BufferError::Corrupted {
@@ -530,7 +646,14 @@ impl<'a> BufferManager<'a> {
                 });
             }
             prev_end = list.end();
-            total = total.saturating_add(list.capacity());
+            let _ = first_index.push(total);
+            // Lists do not overlap and lie in a region of at most 4 GiB with slices of at
+            // least 24 bytes, so this cannot overflow; checked all the same.
+            total = total
+                .checked_add(list.capacity())
+                .ok_or(BufferError::InvalidConfig {
+                    reason: "more than u32::MAX slices",
+                })?;
         }
         if lists
             .windows(2)
@@ -540,10 +663,24 @@ impl<'a> BufferManager<'a> {
                 reason: "lists must be sorted by slice size",
             });
         }
+        let ledger = match ledger {
+            Some(words) => Ledger::Borrowed(words),
+            #[cfg(feature = "alloc")]
+            None => Ledger::new(total),
+            #[cfg(not(feature = "alloc"))]
+            None => Ledger::Borrowed(&[]),
+        };
+        if !ledger.covers(total) {
+            return Err(BufferError::InvalidConfig {
+                reason: "the ownership ledger is smaller than ledger_words(total slices)",
+            });
+        }
         Ok(Self {
             lists,
+            first_index,
             region_len,
             total_slices: total,
+            ledger,
         })
     }
 
@@ -584,19 +721,70 @@ impl<'a> BufferManager<'a> {
             .all(|l| l.stats().free == l.capacity() as i32)
     }
 
-    /// Finds the list and header of the slice at absolute offset `abs`.
-    pub fn slice_at(&self, abs: u32) -> Result<(&BufferList<'a>, &'a SliceHeader), BufferError> {
+    fn locate(&self, abs: u32) -> Result<Located<'_, 'a>, BufferError> {
         let not_a_slice = BufferError::BadSlice {
             offset: abs,
             fault: SliceFault::NotASlice,
         };
-        let list = self
+        let (i, list) = self
             .lists
             .iter()
-            .find(|l| abs >= l.base() && u64::from(abs) < l.end())
+            .enumerate()
+            .find(|(_, l)| abs >= l.base() && u64::from(abs) < l.end())
             .ok_or(not_a_slice)?;
         let header = list.slice_at(abs).ok_or(not_a_slice)?;
-        Ok((list, header))
+        // On a boundary inside the list (checked by slice_at), so the quotient is < cap.
+        let within = (abs - list.base()) / list.slices().stride();
+        Ok(Located {
+            list,
+            header,
+            index: self.first_index[i] + within,
+        })
+    }
+
+    /// Finds the list and header of the slice at absolute offset `abs`.
+    pub fn slice_at(&self, abs: u32) -> Result<(&BufferList<'a>, &'a SliceHeader), BufferError> {
+        let at = self.locate(abs)?;
+        Ok((at.list, at.header))
+    }
+
+    /// What this process holds of the slice at `abs`.
+    pub fn ownership(&self, abs: u32) -> Result<Ownership, BufferError> {
+        let at = self.locate(abs)?;
+        Ok(self.ledger.get(at.index))
+    }
+
+    /// One ledger transition, as an error naming the slice when refused.
+    fn transition(
+        &self,
+        abs: u32,
+        index: u32,
+        from: Ownership,
+        to: Ownership,
+    ) -> Result<(), BufferError> {
+        self.ledger
+            .transition(index, from, to)
+            .map_err(|state| BufferError::BadSlice {
+                offset: abs,
+                fault: if from == Ownership::NotOurs {
+                    SliceFault::AlreadyOwned { state }
+                } else {
+                    SliceFault::NotOwned { state }
+                },
+            })
+    }
+
+    /// A slice of ours being written: the only slices `link`, `set_len` and
+    /// `end_chain_at` may touch.
+    fn writing(&self, abs: u32) -> Result<Located<'_, 'a>, BufferError> {
+        let at = self.locate(abs)?;
+        match self.ledger.get(at.index) {
+            Ownership::Writing => Ok(at),
+            state => Err(BufferError::BadSlice {
+                offset: abs,
+                fault: SliceFault::NotOwned { state },
+            }),
+        }
     }
 
     /// Absolute offset and capacity of the data area of the slice at `abs`.
@@ -605,14 +793,28 @@ impl<'a> BufferManager<'a> {
         Ok((abs + SLICE_HEADER_SIZE as u32, list.slice_size()))
     }
 
+    /// Pops one slice from `list` and records it as ours, being written.
+    fn pop_owned(&self, list: &BufferList<'a>) -> Result<Option<u32>, BufferError> {
+        let Some(abs) = list.pop()? else {
+            return Ok(None);
+        };
+        let at = self.locate(abs)?;
+        // A free list that hands us a slice we already hold was fed it by the peer (it
+        // recycled one of ours): refuse the second ownership, leave the slice with its
+        // first owner.
+        self.transition(abs, at.index, Ownership::NotOurs, Ownership::Writing)?;
+        Ok(Some(abs))
+    }
+
     /// Allocates slices covering `n` bytes with Go's policy (PROTOCOL.md 4.8): one slice from
     /// the smallest list whose slices hold `n` (falling through to larger lists), else slices
     /// from the largest list downwards. The slices come back linked as a chain, each marked
-    /// in use with length 0. If shared memory cannot cover `n`, everything taken is returned
-    /// and the result is [`BufferError::NoMoreBuffer`].
+    /// in use with length 0 and recorded as ours, being written. If shared memory cannot
+    /// cover `n`, everything taken is returned and the result is
+    /// [`BufferError::NoMoreBuffer`].
     pub fn alloc(&self, n: u64) -> Result<SliceChain, BufferError> {
         for list in self.lists.iter().filter(|l| u64::from(l.slice_size()) >= n) {
-            if let Some(abs) = list.pop()? {
+            if let Some(abs) = self.pop_owned(list)? {
                 return Ok(SliceChain {
                     first: abs,
                     last: abs,
@@ -622,15 +824,18 @@ impl<'a> BufferManager<'a> {
             }
         }
         let mut chain: Option<SliceChain> = None;
+        let give_back = |chain: Option<SliceChain>| {
+            if let Some(c) = chain {
+                let _ = self.free_chain(&c);
+            }
+        };
         for list in self.lists.iter().rev() {
             while chain.map_or(0, |c| c.capacity) < n {
-                let abs = match list.pop() {
+                let abs = match self.pop_owned(list) {
                     Ok(Some(abs)) => abs,
                     Ok(None) => break,
                     Err(e) => {
-                        if let Some(c) = chain {
-                            let _ = self.recycle_own(c);
-                        }
+                        give_back(chain);
                         return Err(e);
                     }
                 };
@@ -642,7 +847,11 @@ impl<'a> BufferManager<'a> {
                         capacity: u64::from(list.slice_size()),
                     },
                     Some(c) => {
-                        self.link(c.last, abs)?;
+                        if let Err(e) = self.link(c.last, abs) {
+                            give_back(Some(c));
+                            let _ = self.recycle(abs);
+                            return Err(e);
+                        }
                         SliceChain {
                             first: c.first,
                             last: abs,
@@ -656,7 +865,7 @@ impl<'a> BufferManager<'a> {
         match chain {
             Some(c) if c.capacity >= n => Ok(c),
             Some(c) => {
-                self.recycle_own(c)?;
+                self.free_chain(&c)?;
                 Err(BufferError::NoMoreBuffer { requested: n })
             }
             None => Err(BufferError::NoMoreBuffer { requested: n }),
@@ -664,56 +873,114 @@ impl<'a> BufferManager<'a> {
     }
 
     /// Links the slice at `prev` to the slice at `next` (absolute) in a message chain.
-    /// Both must be allocated by this process.
+    /// Both must be ours, being written.
     pub fn link(&self, prev: u32, next: u32) -> Result<(), BufferError> {
-        self.slice_at(next)?;
-        let (_, header) = self.slice_at(prev)?;
+        self.writing(next)?;
+        let at = self.writing(prev)?;
         // SYNC: the slice is ours; published to the peer by the queue push's release.
-        header.next.store(next, Ordering::Relaxed);
-        header.flags.store(
+        at.header.next.store(next, Ordering::Relaxed);
+        at.header.flags.store(
             (SliceFlags::IN_USE | SliceFlags::HAS_NEXT).bits(),
             Ordering::Relaxed,
         );
         Ok(())
     }
 
-    /// Makes the allocated slice at `abs` the last of its chain (clears `HAS_NEXT`), so the
-    /// slices after it can be recycled separately.
+    /// Makes the slice at `abs` (ours, being written) the last of its chain (clears
+    /// `HAS_NEXT`), so the slices after it can be recycled separately.
     pub fn end_chain_at(&self, abs: u32) -> Result<(), BufferError> {
-        let (_, header) = self.slice_at(abs)?;
+        let at = self.writing(abs)?;
         // SYNC: the slice is ours; published to the peer by the queue push's release.
-        header
+        at.header
             .flags
             .store(SliceFlags::IN_USE.bits(), Ordering::Relaxed);
         Ok(())
     }
 
-    /// Sets the number of valid bytes of an allocated slice before sending it.
+    /// Sets the number of valid bytes of a slice we are writing, before sending it.
     pub fn set_len(&self, abs: u32, len: u32) -> Result<(), BufferError> {
-        let (list, header) = self.slice_at(abs)?;
-        if len > list.slice_size() {
+        let at = self.writing(abs)?;
+        if len > at.list.slice_size() {
             return Err(BufferError::BadSlice {
                 offset: abs,
                 fault: SliceFault::BadLength { start: 0, len },
             });
         }
         // SYNC: the slice is ours; published to the peer by the queue push's release.
-        header.len.store(len, Ordering::Relaxed);
-        header.start.store(0, Ordering::Relaxed);
+        at.header.len.store(len, Ordering::Relaxed);
+        at.header.start.store(0, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Recycles one slice (absolute offset) to the list it belongs to.
+    /// The slices of a chain we allocated, in order, with their data capacity: read from the
+    /// links we wrote, each checked to be ours and being written, and exactly
+    /// `chain.count()` of them ending at `chain.last()`.
+    pub fn own_chain<'m>(&'m self, chain: &SliceChain) -> OwnChain<'m, 'a> {
+        OwnChain {
+            manager: self,
+            next: Some(chain.first),
+            left: chain.count,
+            last: chain.last,
+        }
+    }
+
+    /// Gives up ownership of a slice we wrote, just before announcing it to the peer: from
+    /// the push on it is the peer's, and the peer may recycle it and even send it back.
+    pub fn hand_over(&self, abs: u32) -> Result<(), BufferError> {
+        let at = self.locate(abs)?;
+        self.transition(abs, at.index, Ownership::Writing, Ownership::NotOurs)
+    }
+
+    /// Takes back a slice handed over for a push that failed (nothing reached the peer).
+    pub fn take_back(&self, abs: u32) -> Result<(), BufferError> {
+        let at = self.locate(abs)?;
+        self.transition(abs, at.index, Ownership::NotOurs, Ownership::Writing)
+    }
+
+    /// Recycles one slice this process holds (being written, or received) to its list.
+    /// A slice we do not hold is refused: a double recycle, or a slice the peer named that
+    /// was never delivered to us.
     pub fn recycle(&self, abs: u32) -> Result<(), BufferError> {
-        let (list, _) = self.slice_at(abs)?;
-        list.push(abs)
+        let at = self.locate(abs)?;
+        let from = match self.ledger.get(at.index) {
+            Ownership::NotOurs => {
+                return Err(BufferError::BadSlice {
+                    offset: abs,
+                    fault: SliceFault::NotOwned {
+                        state: Ownership::NotOurs,
+                    },
+                });
+            }
+            held => held,
+        };
+        // Claim the recycle in the ledger first: of two threads recycling one slice, only
+        // one gets past this, and the slice is not ours any more once it is in the free list.
+        self.transition(abs, at.index, from, Ownership::NotOurs)?;
+        at.list.push(abs)
     }
 
-    fn recycle_own(&self, chain: SliceChain) -> Result<u32, BufferError> {
-        self.recycle_chain(chain.first)
+    /// Recycles every slice of a chain we allocated and did not send.
+    pub fn free_chain(&self, chain: &SliceChain) -> Result<u32, BufferError> {
+        let mut count = 0;
+        let mut failure = None;
+        for slice in self.own_chain(chain) {
+            match slice {
+                Ok((abs, _)) => match self.recycle(abs) {
+                    Ok(()) => count += 1,
+                    Err(e) => failure = failure.or(Some(e)),
+                },
+                Err(e) => {
+                    failure = failure.or(Some(e));
+                    break;
+                }
+            }
+        }
+        failure.map_or(Ok(count), Err)
     }
 
-    /// Walks the chain starting at absolute offset `first`, yielding each slice's data range.
+    /// Walks the chain starting at absolute offset `first` without taking it, yielding each
+    /// slice's data range: for audits and tests. To take delivery of a chain use
+    /// [`receive_chain`](Self::receive_chain).
     ///
     /// Every link is checked: it must be a slice boundary inside a list, the slice must be in
     /// use, its cap must match its list, `start + len` must fit, and the chain may not be
@@ -727,8 +994,55 @@ impl<'a> BufferManager<'a> {
         }
     }
 
-    /// Walks the chain at `first` and recycles every slice; returns how many. Stops at the
-    /// first bad link (the slices before it are recycled).
+    /// Takes delivery of the chain the peer announced at `first`: walks it once, checks every
+    /// link as [`walk_chain`](Self::walk_chain) does, records each slice as received by this
+    /// process (refusing a slice we already hold: one we are writing, or one of a chain
+    /// announced twice), and leaves the segments in `out`, exactly as validated.
+    ///
+    /// On error nothing is taken: slices recorded by this call are released again (they stay
+    /// the peer's), `out` is empty, and the error names the offending slice. The caller
+    /// delivers only `out`, never re-reading shared memory, so a peer that rewrites headers
+    /// after the walk cannot change what is delivered.
+    #[cfg(feature = "alloc")]
+    pub fn receive_chain(
+        &self,
+        first: u32,
+        out: &mut alloc::vec::Vec<Segment>,
+    ) -> Result<(), BufferError> {
+        out.clear();
+        let mut walk = self.walk_chain(first);
+        let result = loop {
+            let Some(segment) = walk.next_located() else {
+                break Ok(());
+            };
+            match segment.and_then(|(segment, index)| {
+                self.transition(
+                    segment.slice,
+                    index,
+                    Ownership::NotOurs,
+                    Ownership::Received,
+                )?;
+                Ok(segment)
+            }) {
+                Ok(segment) => out.push(segment),
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_err() {
+            for segment in out.drain(..) {
+                if let Ok(at) = self.locate(segment.slice) {
+                    let _ =
+                        self.ledger
+                            .transition(at.index, Ownership::Received, Ownership::NotOurs);
+                }
+            }
+        }
+        result
+    }
+
+    /// Walks the chain at `first` and recycles every slice, each of which this process must
+    /// hold; returns how many. Stops at the first bad link (the slices before it are
+    /// recycled).
     pub fn recycle_chain(&self, first: u32) -> Result<u32, BufferError> {
         let mut count = 0;
         for segment in self.walk_chain(first) {
@@ -744,6 +1058,42 @@ impl<'a> BufferManager<'a> {
     }
 }
 
+/// Iterator over a chain we allocated; see [`BufferManager::own_chain`]. Yields each slice's
+/// absolute offset and data capacity.
+#[derive(Debug)]
+pub struct OwnChain<'m, 'a> {
+    manager: &'m BufferManager<'a>,
+    next: Option<u32>,
+    left: u32,
+    last: u32,
+}
+
+impl Iterator for OwnChain<'_, '_> {
+    type Item = Result<(u32, u32), BufferError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let abs = self.next.take()?;
+        let at = match self.manager.writing(abs) {
+            Ok(at) => at,
+            Err(e) => return Some(Err(e)),
+        };
+        self.left = self.left.saturating_sub(1);
+        if self.left == 0 {
+            if abs != self.last {
+                return Some(Err(BufferError::BadSlice {
+                    offset: abs,
+                    fault: SliceFault::ChainRewritten,
+                }));
+            }
+        } else {
+            // SYNC: our own slice, written by this process (or published to this thread
+            // with the chain it belongs to).
+            self.next = Some(at.header.next.load(Ordering::Relaxed));
+        }
+        Some(Ok((abs, at.list.slice_size())))
+    }
+}
+
 /// Iterator over a received chain; see [`BufferManager::walk_chain`].
 #[derive(Debug)]
 pub struct ChainWalk<'m, 'a> {
@@ -752,28 +1102,28 @@ pub struct ChainWalk<'m, 'a> {
     steps: u32,
 }
 
-impl Iterator for ChainWalk<'_, '_> {
-    type Item = Result<Segment, BufferError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl ChainWalk<'_, '_> {
+    /// The next segment with its ledger index.
+    fn next_located(&mut self) -> Option<Result<(Segment, u32), BufferError>> {
         let offset = self.next.take()?;
         let fail = |fault| Some(Err(BufferError::BadSlice { offset, fault }));
         if self.steps >= self.manager.total_slices {
             return fail(SliceFault::ChainTooLong);
         }
         self.steps += 1;
-        let (list, header) = match self.manager.slice_at(offset) {
+        let at = match self.manager.locate(offset) {
             Ok(found) => found,
             Err(e) => return Some(Err(e)),
         };
-        let snap = header.snapshot();
-        if snap.cap != list.slice_size() {
+        let slice_size = at.list.slice_size();
+        let snap = at.header.snapshot();
+        if snap.cap != slice_size {
             return fail(SliceFault::CapMismatch { cap: snap.cap });
         }
         if !snap.flags().contains(SliceFlags::IN_USE) {
             return fail(SliceFault::NotInUse);
         }
-        if u64::from(snap.start) + u64::from(snap.len) > u64::from(list.slice_size()) {
+        if u64::from(snap.start) + u64::from(snap.len) > u64::from(slice_size) {
             return fail(SliceFault::BadLength {
                 start: snap.start,
                 len: snap.len,
@@ -782,10 +1132,23 @@ impl Iterator for ChainWalk<'_, '_> {
         if snap.flags().contains(SliceFlags::HAS_NEXT) {
             self.next = Some(snap.next);
         }
-        Some(Ok(Segment {
-            slice: offset,
-            data: offset + SLICE_HEADER_SIZE as u32 + snap.start,
-            len: snap.len,
-        }))
+        // `offset` is a slice inside the region and `start + len <= cap`, so the data lies
+        // inside the region (< 4 GiB): no overflow.
+        Some(Ok((
+            Segment {
+                slice: offset,
+                data: offset + SLICE_HEADER_SIZE as u32 + snap.start,
+                len: snap.len,
+            },
+            at.index,
+        )))
+    }
+}
+
+impl Iterator for ChainWalk<'_, '_> {
+    type Item = Result<Segment, BufferError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_located().map(|r| r.map(|(segment, _)| segment))
     }
 }

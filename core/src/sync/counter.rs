@@ -2,14 +2,18 @@
 //!
 //! On amd64 the compat layout puts them at offsets 4 and 12 of the queue header (PROTOCOL.md
 //! 3.2), which are not 8-aligned, so `AtomicI64` cannot be used there (it would be UB). This is
-//! the one audited place that touches them: `lock xadd` for increments and plain `mov` for
-//! loads, which x86 executes atomically for any access that stays inside one cache line
-//! (`queue` refuses layouts where a counter straddles a line). On arm64 the layout is aligned
-//! and the counter is a plain `AtomicI64`; under loom it is loom's aligned twin.
+//! the one audited place that touches them: `lock xadd` for increments (atomic for any access
+//! inside one cache line; `queue` refuses layouts where a counter straddles a line, which would
+//! be a split lock) and a high-low-high read of the two aligned 4-byte halves for loads, which
+//! is atomic on Intel and AMD alike (a plain unaligned `mov` is not, on AMD). On arm64 the
+//! layout is aligned and the counter is a plain `AtomicI64`; under loom it is loom's aligned
+//! twin.
 //!
-//! Contract, on every implementation: `load` is at least Acquire, `fetch_add` is a SeqCst
-//! read-modify-write that also acts as a SeqCst fence, and `store` is only used while the
-//! region is private to its creator (formatting).
+//! Contract, on every implementation: `load` is an Acquire load and no stronger (the loom twin
+//! must not be stronger than the hardware, or models pass that the hardware would fail),
+//! `fetch_add` is a SeqCst read-modify-write that also acts as a SeqCst fence (x86's locked
+//! instructions are full barriers), and `store` is only used while the region is private to its
+//! creator (formatting).
 
 #[cfg(all(not(loom), target_arch = "x86_64"))]
 mod imp {
@@ -34,21 +38,36 @@ mod imp {
             }
         }
 
-        /// Atomically loads the counter (x86 `mov`: Acquire, and SeqCst as loads go on x86).
+        /// Atomically loads the counter.
+        ///
+        /// Intel makes an unaligned 8-byte `mov` inside one cache line atomic, but AMD's
+        /// manual promises atomicity only inside an aligned 8-byte block, and offsets 4 and 12
+        /// cross one: a plain `mov` could see the low half after a carry and the high half
+        /// before it. So the counter is read as high, low, high with aligned 4-byte loads
+        /// (each atomic on every x86) and retried until both highs agree. Each counter has one
+        /// writer that only adds, so equal highs mean the low half belongs to them. A peer
+        /// that rewrites the counter arbitrarily can make us read any value, as it could
+        /// anyway; callers validate it, and the retries are bounded.
         #[inline]
         pub(crate) fn load(&self) -> i64 {
-            let ptr = self.cell.get().cast::<i64>();
-            let value: i64;
-            // SAFETY: `ptr` points to 8 valid bytes owned by `self`. A `mov` that stays within
-            // one cache line is single-copy atomic on x86 even when unaligned; the queue
-            // module refuses layouts where the counter crosses a line. The asm block has no
-            // `nomem`/`readonly`, so the compiler treats it as a memory barrier and cannot
-            // move the element reads that follow it (acquire) ahead of it.
+            super::hi_lo_hi(|half| self.load_half(half))
+        }
+
+        /// One aligned 4-byte load of the low (0) or high (1) half.
+        #[inline]
+        fn load_half(&self, half: usize) -> u32 {
+            let ptr = self.cell.get().cast::<u32>().wrapping_add(half & 1);
+            let value: u32;
+            // SAFETY: `ptr` points to one of the two 4-aligned halves owned by `self`; an
+            // aligned 4-byte `mov` is atomic on every x86. The asm block has no
+            // `nomem`/`readonly`, so the compiler treats it as a memory barrier and keeps the
+            // loads (and the element reads that follow) in program order; x86 does not reorder
+            // loads with loads, so the hardware keeps them in order too (acquire).
             // SYNC: pairs with the `lock xadd` in `fetch_add` of the other side (producer's
             // tail bump / consumer's head bump), which publishes the element writes.
             unsafe {
                 core::arch::asm!(
-                    "mov {v}, qword ptr [{p}]",
+                    "mov {v:e}, dword ptr [{p}]",
                     p = in(reg) ptr,
                     v = out(reg) value,
                     options(nostack, preserves_flags),
@@ -129,11 +148,14 @@ mod imp {
             }
         }
 
-        /// Loads the counter.
+        /// Loads the counter: Acquire, exactly what x86's `mov` gives and no more. A SeqCst
+        /// load here would, under loom, synchronise with earlier SeqCst fences and hide a
+        /// missing fence in the algorithms (see `loom-tests/tests/queue.rs`).
         #[inline]
         pub(crate) fn load(&self) -> i64 {
-            // SYNC: pairs with `fetch_add` on the other side, which publishes the elements.
-            self.value.load(Ordering::SeqCst)
+            // SYNC: acquire; pairs with `fetch_add` (release half) on the other side, which
+            // publishes the elements.
+            self.value.load(Ordering::Acquire)
         }
 
         /// Adds `delta`, returning the previous value; a SeqCst RMW followed by a SeqCst fence
@@ -161,6 +183,32 @@ mod imp {
 
 pub(crate) use imp::SharedCounter;
 
+/// Bound on high-low-high retries: the high half changes once per 2^32 increments, so a
+/// second attempt practically always succeeds; only a peer rewriting the counter in a loop
+/// can exhaust this, and then any value is as good as another (callers validate it).
+#[cfg_attr(not(all(not(loom), target_arch = "x86_64")), allow(dead_code))]
+const LOAD_ATTEMPTS: u32 = 16;
+
+/// Reads a 64-bit counter whose single writer only adds, from two 32-bit halves read by
+/// `read(0)` (low) and `read(1)` (high) in program order: high, low, high, retried until the
+/// two highs agree. Equal highs mean no carry happened between them, so the low half belongs
+/// to that high half.
+#[cfg_attr(not(all(not(loom), target_arch = "x86_64")), allow(dead_code))]
+#[inline]
+fn hi_lo_hi(mut read: impl FnMut(usize) -> u32) -> i64 {
+    let mut value = 0;
+    for _ in 0..LOAD_ATTEMPTS {
+        let hi = read(1);
+        let lo = read(0);
+        let again = read(1);
+        value = ((u64::from(hi) << 32) | u64::from(lo)) as i64;
+        if hi == again {
+            break;
+        }
+    }
+    value
+}
+
 #[cfg(all(not(loom), target_arch = "x86_64"))]
 const _: () = {
     assert!(core::mem::size_of::<SharedCounter>() == 8);
@@ -169,7 +217,33 @@ const _: () = {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::SharedCounter;
+    extern crate std;
+
+    use super::{SharedCounter, hi_lo_hi};
+
+    /// The interleaving AMD permits for an unaligned `mov` across an aligned 8-byte block:
+    /// the high half read before a carry, the low half after it. A single 8-byte read of that
+    /// moment would give 0x0_0000_0000 for a counter going from 0x0_FFFF_FFFF to
+    /// 0x1_0000_0000; high-low-high sees the highs differ and reads again.
+    #[test]
+    fn a_carry_between_the_halves_is_retried_not_returned() {
+        // Reads in order: hi (before the carry), lo (after), hi (after); then a clean triple.
+        let script = [0u32, 0, 1, 1, 0, 1];
+        let mut at = 0;
+        let value = hi_lo_hi(|half| {
+            let v = script[at];
+            at += 1;
+            // The script lists highs at positions 0, 2, 3, 5 and lows at 1, 4.
+            assert_eq!(
+                half,
+                usize::from(at % 3 != 2),
+                "read order is high, low, high"
+            );
+            v
+        });
+        assert_eq!(value, 0x1_0000_0000);
+        assert_eq!(at, 6);
+    }
 
     #[test]
     fn fetch_add_returns_previous_value_and_load_sees_sum() {
@@ -199,5 +273,46 @@ mod tests {
         }
         assert_eq!(h.head.load(), 1000);
         assert_eq!(h.cap, 1);
+    }
+
+    /// Every `fetch_add` of `2^32 - 1` changes both halves of the counter, so a load that
+    /// reads the halves at different moments sees a value that is not `start + k × step`.
+    /// The counter sits at offset 4 of an 8-aligned block, straddling an aligned 8-byte
+    /// boundary exactly like the amd64 queue header's head and tail.
+    #[test]
+    fn load_is_never_torn_across_the_aligned_eight_byte_boundary() {
+        #[repr(C, align(64))]
+        struct Line {
+            pad: u32,
+            counter: SharedCounter,
+        }
+        const STEP: i64 = (1 << 32) - 1;
+        const ADDS: u64 = 2_000_000;
+        let start: i64 = 0x0000_0001_0000_0000;
+        let line = Line {
+            pad: 0,
+            counter: SharedCounter::new(start),
+        };
+        assert_eq!(core::mem::offset_of!(Line, counter), 4);
+        let done = core::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..ADDS {
+                    line.counter.fetch_add(STEP);
+                }
+                done.store(true, core::sync::atomic::Ordering::Release);
+            });
+            let mut last = start;
+            let mut loads = 0u64;
+            while !done.load(core::sync::atomic::Ordering::Acquire) || loads < 1000 {
+                let v = line.counter.load();
+                assert_eq!((v - start) % STEP, 0, "torn load: {v:#x}");
+                assert!(v >= last, "went backwards: {v:#x} after {last:#x}");
+                last = v;
+                loads += 1;
+            }
+        });
+        assert_eq!(line.counter.load(), start + STEP * ADDS as i64);
+        assert_eq!(line.pad, 0);
     }
 }
