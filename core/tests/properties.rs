@@ -339,3 +339,106 @@ mod receive_buffer {
         assert_eq!(rb.len(), 0);
     }
 }
+
+/// Issue 6, item 5: every header field the peer can write, set to arbitrary values, then
+/// attach and operate. Run in the test (debug) profile, so any overflow on a peer value is a
+/// panic and fails the property; every outcome must be a value or an error.
+mod arbitrary_headers {
+    use super::common::Mapping;
+    use proptest::prelude::*;
+    use shmlink_core::buffer::{self, Role, SizeClass};
+    use shmlink_core::queue::{self, Element, Side};
+    use shmlink_core::session::Session;
+
+    const LEN: usize = 32 << 10;
+
+    /// Arbitrary words, weighted towards the edges where arithmetic breaks and towards small
+    /// values that pass range checks.
+    fn peer_value() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            3 => any::<u32>(),
+            2 => prop::sample::select(vec![
+                0u32, 1, 2, 3, 4, 20, 532, 2068, 0x7FFF_FFFF, 0x8000_0000, 0x8000_0001,
+                0xFFFF_FFFC, 0xFFFF_FFFE, u32::MAX,
+            ]),
+            2 => 0u32..(LEN as u32),
+        ]
+    }
+
+    /// Offsets of every peer-writable header word of the formatted region: the manager
+    /// header, both list headers, and the first and last slice headers of each list.
+    fn header_words(m: &buffer::BufferManager<'_>) -> Vec<usize> {
+        let mut at = vec![0, 4];
+        for list in m.lists() {
+            let base = list.base() as usize;
+            at.extend((0..9).map(|k| base - 36 + 4 * k));
+            let stride = list.slices().stride() as usize;
+            for slice in [base, base + stride * (list.capacity() as usize - 1)] {
+                at.extend((0..5).map(|k| slice + 4 * k));
+            }
+        }
+        at
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn attaching_and_operating_on_arbitrary_headers_never_panics(
+            writes in proptest::collection::vec((any::<prop::sample::Index>(), peer_value()), 1..12),
+            elements in proptest::collection::vec((0u32..8, peer_value(), 0u32..3), 0..12),
+            allocs in proptest::collection::vec(0u64..40_000, 0..8),
+            queue_writes in proptest::collection::vec((0usize..6, peer_value()), 0..4),
+            late_writes in proptest::collection::vec((any::<prop::sample::Index>(), peer_value()), 0..6),
+        ) {
+            let mapping = Mapping::zeroed(LEN);
+            let classes = [SizeClass { size: 512, percent: 50 }, SizeClass { size: 2048, percent: 50 }];
+            let words = header_words(&buffer::format(mapping.region(), &classes).unwrap());
+            for (index, value) in &writes {
+                mapping.poke(words[index.index(words.len())], &value.to_le_bytes());
+            }
+            // The peer's queue region too: cap, head, tail, flag of the first queue.
+            let qmap = Mapping::zeroed(queue::region_size(16));
+            let pair = queue::format_region(qmap.region(), 16).unwrap();
+            drop(pair);
+            for (word, value) in &queue_writes {
+                qmap.poke(4 * word, &value.to_le_bytes());
+            }
+            if let Ok(pair) = queue::attach_region(qmap.region(), Side::Server) {
+                let (producer, mut consumer) = pair.into_roles();
+                let _ = producer.push(Element::data(2, 44));
+                let _ = consumer.pop();
+                let _ = consumer.finish_drain();
+                let _ = producer.queue().len();
+            }
+            let m = match buffer::attach(mapping.region(), Role::Mapper) {
+                Ok(m) => m,
+                // Refused at attach: now format honestly and let the peer rewrite afterwards.
+                Err(_) => buffer::format(mapping.region(), &classes).unwrap(),
+            };
+            // The peer keeps writing after we attached (validation at attach proves nothing
+            // about later values).
+            for (index, value) in &late_writes {
+                mapping.poke(words[index.index(words.len())], &value.to_le_bytes());
+            }
+            let mut session = Session::new(Side::Server, 3, 0);
+            for (id, offset, state) in elements {
+                let element = Element { stream_id: id, offset, status: state };
+                let _ = session.on_element(element, &m, &mut |_| {});
+            }
+            for n in allocs {
+                if let Ok(chain) = m.alloc(n) {
+                    for slice in m.own_chain(&chain).flatten() {
+                        let _ = m.set_len(slice.0, 1);
+                    }
+                    let _ = m.free_chain(&chain);
+                }
+            }
+            let _ = m.in_use_bytes();
+            let _ = m.all_free();
+            for list in m.lists() {
+                let _ = list.free_slices().take(100).count();
+                let _ = list.stats();
+            }
+        }
+    }
+}
