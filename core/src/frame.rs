@@ -239,7 +239,7 @@ impl fmt::Display for FrameError {
                 write!(
                     f,
                     "frame length {length} exceeds the limit of {limit} bytes \
-                     (the largest frame setting)"
+                     (max_frame_len)"
                 )
             }
             Self::BadPaths { length } => {

@@ -398,8 +398,8 @@ mod arbitrary_headers {
             }
             // The peer's queue region too: cap, head, tail, flag of the first queue.
             let qmap = Mapping::zeroed(queue::region_size(16));
-            let pair = queue::format_region(qmap.region(), 16).unwrap();
-            drop(pair);
+            queue::format_region(qmap.region(), 16).unwrap();
+
             for (word, value) in &queue_writes {
                 qmap.poke(4 * word, &value.to_le_bytes());
             }

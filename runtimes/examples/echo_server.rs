@@ -38,7 +38,7 @@ fn serve_session(session: Session) -> Result<(), shmlink::Error> {
     loop {
         match session.accept_stream(None) {
             Ok(stream) => workers.push(std::thread::spawn(move || echo(stream))),
-            Err(shmlink::Error::SessionClosed(reason)) => {
+            Err(reason) if reason.is_session_closed() => {
                 let m = session.metrics();
                 eprintln!(
                     "echo_server: session closed: {reason} ({} bytes in, {} out, fallback {} read / {} written)",
@@ -68,14 +68,13 @@ fn echo(mut stream: Stream) -> Result<(), shmlink::Error> {
         if let Err(e) = stream.read_exact(&mut len) {
             return match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => Ok(()), // the client closed the stream
-                _ => Err(shmlink::Error::SessionClosed(e.to_string())),
+                _ => Err(e.into()),
             };
         }
         let n = u32::from_be_bytes(len) as usize;
         payload.resize(n, 0);
-        stream
-            .read_exact(&mut payload)
-            .map_err(|e| shmlink::Error::SessionClosed(e.to_string()))?;
+        // An end here is the client closing mid-message: Error::StreamEnded says so.
+        stream.read_exact(&mut payload)?;
         // One flush per echo: length and payload written in place into shared memory.
         let mut reply = stream.reserve(4 + n)?;
         reply.write_at(0, &len);

@@ -30,6 +30,16 @@ pub struct Config {
     pub circuit_breaker: Duration,
     /// In file mode, negotiate V3 instead of sending Go's V2 opening.
     pub file_mode_v3: bool,
+    /// The largest frame accepted from the peer or sent to it, header included (default
+    /// 256 MiB). Only fallback data is large: a write that falls back to the socket travels
+    /// as one frame, so this also bounds a single write. A longer frame from the peer closes
+    /// the session with an error naming this setting.
+    pub max_frame_len: u32,
+    /// Directories a client may name for file-mode regions (default `/dev/shm`). The server
+    /// maps an announced path only if it resolves inside one of them, is a regular file and
+    /// is owned by the connecting process's uid; anything else ends that handshake with an
+    /// error naming the path and this setting.
+    pub shm_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -44,6 +54,8 @@ impl Default for Config {
             connection_write_timeout: Duration::from_secs(10),
             circuit_breaker: Duration::from_secs(30),
             file_mode_v3: false,
+            max_frame_len: shmlink_core::frame::MAX_FRAME_LEN,
+            shm_dirs: vec!["/dev/shm".into()],
         }
     }
 }
@@ -75,6 +87,12 @@ impl Config {
         }
         if self.initialize_timeout.is_zero() {
             return bad("initialize_timeout is zero".to_owned());
+        }
+        if self.max_frame_len < 4096 {
+            return bad(format!(
+                "max_frame_len {} is below the 4 KiB minimum",
+                self.max_frame_len
+            ));
         }
         Ok(())
     }

@@ -1,4 +1,7 @@
-//! The error type of the `shmlink` crate.
+//! The error type of the `shmlink` crate: one variant per cause, each cause named once in its
+//! message, and a sensible [`std::io::ErrorKind`] for each when it crosses `Read`/`Write`.
+
+use std::time::Duration;
 
 use shmlink_core::buffer::BufferError;
 use shmlink_core::handshake::HandshakeError;
@@ -8,6 +11,21 @@ use shmlink_linux::region::RegionError;
 use shmlink_linux::socket::TransportError;
 
 /// Everything that can go wrong in a session or stream.
+///
+/// Once a session is over, every operation on it and its streams returns the variant that
+/// says why: [`PeerClosed`](Error::PeerClosed), [`ClosedLocally`](Error::ClosedLocally),
+/// [`ProtocolViolation`](Error::ProtocolViolation) or [`ConnectionLost`](Error::ConnectionLost)
+/// ([`is_session_closed`](Error::is_session_closed) tells them apart from the rest).
+///
+/// ```
+/// use std::io::ErrorKind;
+/// use shmlink::Error;
+///
+/// let e = Error::PeerClosed;
+/// assert!(e.is_session_closed());
+/// assert_eq!(e.to_string(), "the peer closed the connection");
+/// assert_eq!(std::io::Error::from(Error::StreamEnded).kind(), ErrorKind::UnexpectedEof);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -17,7 +35,7 @@ pub enum Error {
     /// Creating or mapping shared memory failed.
     #[error(transparent)]
     Region(#[from] RegionError),
-    /// The control socket failed.
+    /// The control socket failed before the session was up.
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// The handshake failed.
@@ -25,22 +43,33 @@ pub enum Error {
     Handshake(#[from] HandshakeError),
     /// The handshake did not finish within the initialize timeout.
     #[error("handshake did not finish within {0:?}")]
-    HandshakeTimeout(std::time::Duration),
+    HandshakeTimeout(Duration),
     /// The peer's queue region is invalid.
     #[error("queue region: {0}")]
     Queue(#[from] QueueError),
-    /// The peer's buffer region is invalid, or shared memory ran out.
+    /// The peer's buffer region is invalid, or shared memory is in a state we refuse.
     #[error("buffer region: {0}")]
     Buffer(#[from] BufferError),
-    /// The peer broke the protocol; the session is closed.
-    #[error("protocol error: {0}")]
-    Protocol(#[from] SessionError),
-    /// The session is closed (by us, by the peer, or after an error).
-    #[error("session closed: {0}")]
-    SessionClosed(String),
-    /// The stream is closed for this operation.
+    /// The peer closed the connection; the session is over.
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    /// This process closed the session ([`Session::close`](crate::Session::close) or drop).
+    #[error("the session was closed locally")]
+    ClosedLocally,
+    /// The peer broke the protocol (a bad frame, queue element or chain); the session is
+    /// closed. The detail names what was wrong and where.
+    #[error("protocol violation by the peer: {0}")]
+    ProtocolViolation(String),
+    /// The socket failed under an established session; the session is closed.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The stream was closed (by us) for this operation, or the peer closed it and writes
+    /// are no longer possible.
     #[error("stream closed")]
     StreamClosed,
+    /// The peer closed the stream in the middle of what the reader asked for.
+    #[error("the stream ended before the bytes asked for")]
+    StreamEnded,
     /// A deadline passed.
     #[error("timed out")]
     Timeout,
@@ -50,15 +79,102 @@ pub enum Error {
     /// The IO queue stayed full for the whole retry window.
     #[error("the io queue stayed full; the peer is not consuming")]
     QueueFull,
+    /// Every stream id is in use.
+    #[error("all stream ids are in use")]
+    StreamsExhausted,
+    /// A write larger than the largest frame allowed ([`Config::max_frame_len`](crate::Config)).
+    #[error("a write of {len} bytes exceeds max_frame_len ({max} bytes, header included)")]
+    TooLarge {
+        /// The bytes asked for.
+        len: usize,
+        /// The configured limit.
+        max: u32,
+    },
+    /// An I/O error from `Read`/`Write` that was not one of ours.
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+}
+
+impl Error {
+    /// Whether this error means the session is over (for whatever reason); accept loops
+    /// end on these.
+    pub fn is_session_closed(&self) -> bool {
+        matches!(
+            self,
+            Error::PeerClosed
+                | Error::ClosedLocally
+                | Error::ProtocolViolation(_)
+                | Error::ConnectionLost(_)
+        )
+    }
+}
+
+impl From<SessionError> for Error {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Unhealthy => Error::Unhealthy,
+            SessionError::StreamClosed => Error::StreamClosed,
+            SessionError::StreamsExhausted => Error::StreamsExhausted,
+            other => Error::ProtocolViolation(other.to_string()),
+        }
+    }
 }
 
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
+        use std::io::ErrorKind as K;
         let kind = match &e {
-            Error::Timeout => std::io::ErrorKind::TimedOut,
-            Error::StreamClosed | Error::SessionClosed(_) => std::io::ErrorKind::BrokenPipe,
-            _ => std::io::ErrorKind::Other,
+            Error::Io(io) => return std::io::Error::new(io.kind(), e),
+            Error::Timeout | Error::HandshakeTimeout(_) => K::TimedOut,
+            Error::StreamClosed | Error::PeerClosed => K::BrokenPipe,
+            Error::ClosedLocally => K::NotConnected,
+            Error::ConnectionLost(_) => K::ConnectionAborted,
+            Error::StreamEnded => K::UnexpectedEof,
+            Error::ProtocolViolation(_) | Error::Handshake(_) => K::InvalidData,
+            Error::Config(_) | Error::TooLarge { .. } => K::InvalidInput,
+            Error::QueueFull => K::ResourceBusy,
+            _ => K::Other,
         };
         std::io::Error::new(kind, e)
+    }
+}
+
+/// Recovers our error from an `io::Error` that carried one through `Read`/`Write`, and names
+/// an unexpected end of file for what it is on a stream.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        let kind = e.kind();
+        if e.get_ref().is_none_or(|inner| !inner.is::<Error>()) {
+            return match kind {
+                std::io::ErrorKind::UnexpectedEof => Error::StreamEnded,
+                _ => Error::Io(e),
+            };
+        }
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(ours)) => *ours,
+            Some(Err(other)) => Error::Io(std::io::Error::new(kind, other)),
+            None => Error::Io(std::io::Error::from(kind)),
+        }
+    }
+}
+
+/// Why a session ended, kept by the session and turned into the matching [`Error`] for every
+/// later operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    Local,
+    Peer,
+    Violation(String),
+    Lost(String),
+}
+
+impl CloseReason {
+    pub(crate) fn error(&self) -> Error {
+        match self {
+            CloseReason::Local => Error::ClosedLocally,
+            CloseReason::Peer => Error::PeerClosed,
+            CloseReason::Violation(detail) => Error::ProtocolViolation(detail.clone()),
+            CloseReason::Lost(detail) => Error::ConnectionLost(detail.clone()),
+        }
     }
 }

@@ -51,7 +51,7 @@ mod stream;
 
 pub use config::{Config, MemMode};
 pub use error::Error;
-pub use listener::Listener;
+pub use listener::{HandshakeFailure, Listener};
 pub use session::Session;
 pub use shmlink_core::buffer::SizeClass;
 pub use shmlink_core::session::Metrics;

@@ -1,58 +1,221 @@
 //! The server side: listen on a socket and turn each connection into a [`Session`].
+//!
+//! Handshakes run off the accept path, each on its own short-lived thread bounded by the
+//! initialize timeout, so a client that sends garbage, a huge length or a truncated region
+//! costs only its own connection (logged with its peer and counted), and a silent client
+//! never delays the handshakes of others.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use shmlink_linux::socket;
 
 use crate::{Config, Error, Session};
 
-/// A listening shmipc server. Each accepted connection runs the server handshake and maps the
-/// client's regions. The unix socket file is removed when the listener is dropped.
+/// How often the acceptor thread looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// Handshakes in flight at once; connections beyond this are closed at once (and counted).
+const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Sessions handshaken but not yet taken by `accept`.
+const READY_BACKLOG: usize = 1024;
+
+/// Failed handshakes remembered for [`Listener::recent_failures`].
+const RECENT_FAILURES: usize = 16;
+
+#[derive(Debug, Default)]
+struct Counters {
+    failed: AtomicU64,
+    pending: AtomicUsize,
+    recent: Mutex<std::collections::VecDeque<HandshakeFailure>>,
+}
+
+impl Counters {
+    fn failed(&self, peer: &socket::Peer, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "shmlink::listener", %peer, %error, "handshake failed");
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_FAILURES {
+            recent.pop_front();
+        }
+        recent.push_back(HandshakeFailure {
+            peer: peer.to_string(),
+            error,
+        });
+    }
+}
+
+/// A connection whose handshake failed: who it was and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeFailure {
+    /// The peer: pid and uid for a unix socket, the address for TCP.
+    pub peer: String,
+    /// The error, as text.
+    pub error: String,
+}
+
+/// A listening shmipc server.
+///
+/// A background thread accepts connections and runs each handshake on a thread of its own;
+/// [`accept`](Self::accept) hands out the sessions whose handshake succeeded. A connection
+/// whose handshake fails is logged (target `shmlink::listener`, with the peer's pid and uid
+/// or address) and counted in [`failed_handshakes`](Self::failed_handshakes); it never
+/// reaches `accept`, so the natural `accept()?` loop survives hostile clients.
+///
+/// The unix socket file is removed when the listener is dropped.
+///
+/// ```no_run
+/// use shmlink::{Config, Listener};
+///
+/// let listener = Listener::bind("/tmp/echo.sock", Config::default())?;
+/// loop {
+///     let session = listener.accept()?; // only sessions that completed their handshake
+///     std::thread::spawn(move || {
+///         while let Ok(stream) = session.accept_stream(None) {
+///             // serve `stream`
+/// #           drop(stream);
+///         }
+///     });
+/// }
+/// # Ok::<(), shmlink::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Listener {
-    inner: socket::Listener,
-    config: Config,
+    ready: Mutex<Receiver<Session>>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    tcp_addr: Option<std::net::SocketAddr>,
 }
 
 impl Listener {
     /// Listens on a unix socket path (a stale socket file there is replaced, as Go does).
     pub fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
-        Ok(Self {
-            inner: socket::Listener::bind_unix(path.as_ref())?,
-            config,
-        })
+        Self::start(socket::Listener::bind_unix(path.as_ref())?, config)
     }
 
     /// Listens on a TCP address (clients must use file mode).
     pub fn bind_tcp(addr: impl std::net::ToSocketAddrs, config: Config) -> Result<Self, Error> {
+        Self::start(socket::Listener::bind_tcp(addr)?, config)
+    }
+
+    fn start(inner: socket::Listener, config: Config) -> Result<Self, Error> {
+        let tcp_addr = inner.local_tcp_addr();
+        let (tx, rx) = mpsc::sync_channel(READY_BACKLOG);
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("shmlink-acceptor".into())
+                .spawn(move || accept_loop(&inner, &config, &tx, &counters, &stop))
+                .map_err(Error::Io)?
+        };
         Ok(Self {
-            inner: socket::Listener::bind_tcp(addr)?,
-            config,
+            ready: Mutex::new(rx),
+            counters,
+            stop,
+            acceptor: Some(acceptor),
+            tcp_addr,
         })
     }
 
     /// The bound TCP address, for TCP listeners.
     pub fn local_tcp_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.local_tcp_addr()
+        self.tcp_addr
     }
 
-    /// Like [`accept`](Self::accept), but gives up with [`Error::Timeout`] if no client
-    /// connects within `timeout`.
-    pub fn accept_timeout(&self, timeout: std::time::Duration) -> Result<Session, Error> {
-        let conn = self.inner.accept_timeout(timeout).map_err(|e| {
-            if e.is_timeout() {
-                Error::Timeout
-            } else {
-                e.into()
-            }
-        })?;
-        Session::server(conn, self.config.clone())
+    /// Connections whose handshake failed (or that were refused because too many handshakes
+    /// were in flight) since the listener started.
+    pub fn failed_handshakes(&self) -> u64 {
+        self.counters.failed.load(Ordering::Relaxed)
     }
 
-    /// Accepts one connection and completes its handshake (bounded by the configured
-    /// initialize timeout).
+    /// The last few failed handshakes (at most 16), oldest first.
+    pub fn recent_failures(&self) -> Vec<HandshakeFailure> {
+        let recent = self
+            .counters
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
+    }
+
+    /// Waits for the next session whose handshake completed.
     pub fn accept(&self) -> Result<Session, Error> {
-        let conn = self.inner.accept()?;
-        Session::server(conn, self.config.clone())
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.recv().map_err(|_| Error::ClosedLocally)
+    }
+
+    /// Like [`accept`](Self::accept), but gives up with [`Error::Timeout`] if no session is
+    /// ready within `timeout`.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Session, Error> {
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => Error::Timeout,
+            RecvTimeoutError::Disconnected => Error::ClosedLocally,
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &socket::Listener,
+    config: &Config,
+    ready: &SyncSender<Session>,
+    counters: &Arc<Counters>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let conn = match listener.accept_timeout(STOP_POLL) {
+            Ok(conn) => conn,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the listener survives.
+                tracing::warn!(target: "shmlink::listener", error = %e, "accept failed");
+                std::thread::sleep(STOP_POLL);
+                continue;
+            }
+        };
+        let peer = conn.peer();
+        if counters.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HANDSHAKES {
+            counters.pending.fetch_sub(1, Ordering::AcqRel);
+            counters.failed(
+                &peer,
+                "too many handshakes in flight; connection closed".into(),
+            );
+            continue;
+        }
+        let (config, ready, shared) = (config.clone(), ready.clone(), Arc::clone(counters));
+        let spawned = std::thread::Builder::new()
+            .name("shmlink-handshake".into())
+            .spawn(move || {
+                match Session::server(conn, config) {
+                    Ok(session) => {
+                        // A full backlog or a dropped listener: the session closes on drop.
+                        let _ = ready.send(session);
+                    }
+                    Err(error) => shared.failed(&peer, error.to_string()),
+                }
+                shared.pending.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            counters.pending.fetch_sub(1, Ordering::AcqRel);
+            counters.failed(
+                &socket::Peer::Unknown,
+                format!("cannot start a handshake thread: {e}"),
+            );
+        }
     }
 }

@@ -16,9 +16,10 @@ use shmlink_core::handshake::{ClientHandshake, Input, MemMode, Output, ServerHan
 use shmlink_core::queue::{Drain, Element, QueueError, Side, Wake};
 use shmlink_core::session::{self as core_session, CloseAction, Delivery, Metrics, Piece};
 use shmlink_linux::name::unique_prefix;
-use shmlink_linux::region::SharedRegion;
-use shmlink_linux::socket::{Conn, TransportError};
+use shmlink_linux::region::{PeerFilePolicy, SharedRegion};
+use shmlink_linux::socket::{Conn, Peer, TransportError};
 
+use crate::error::CloseReason;
 use crate::shm::Shm;
 use crate::stream::{Stream, StreamShared};
 use crate::{Config, Error};
@@ -33,7 +34,7 @@ pub(crate) struct State {
     pub(crate) core: core_session::Session,
     pub(crate) streams: HashMap<u32, Arc<StreamShared>>,
     accept: VecDeque<Arc<StreamShared>>,
-    pub(crate) close_reason: Option<String>,
+    pub(crate) close_reason: Option<CloseReason>,
 }
 
 pub(crate) struct Inner {
@@ -43,6 +44,7 @@ pub(crate) struct Inner {
     writer: Mutex<Conn>,
     closed: AtomicBool,
     epoch: Instant,
+    pub(crate) max_frame_len: u32,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -84,9 +86,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Per-process registry of buffer regions mapped by the server, keyed by the announced path:
 /// Go's server shares one mapping per buffer path (PROTOCOL.md 4.12), and a client that opens
 /// several sessions announces the same path for all of them.
-fn buffer_registry() -> &'static Mutex<HashMap<Vec<u8>, Weak<SharedRegion>>> {
-    static REGISTRY: std::sync::OnceLock<Mutex<HashMap<Vec<u8>, Weak<SharedRegion>>>> =
-        std::sync::OnceLock::new();
+/// The key includes the peer's uid, so one user can never name another user's buffer path
+/// and be handed that user's mapping.
+type Registry = HashMap<(u32, Vec<u8>), Weak<SharedRegion>>;
+
+fn buffer_registry() -> &'static Mutex<Registry> {
+    static REGISTRY: std::sync::OnceLock<Mutex<Registry>> = std::sync::OnceLock::new();
     REGISTRY.get_or_init(Default::default)
 }
 
@@ -170,9 +175,7 @@ impl Session {
                 }
                 Output::Done { version } => break version,
                 Output::RecvFds | Output::Map { .. } => {
-                    return Err(Error::SessionClosed(
-                        "client handshake asked for a server step".into(),
-                    ));
+                    unreachable!("the client handshake never asks for a server step")
                 }
             };
         };
@@ -187,6 +190,17 @@ impl Session {
         let to_err = handshake_err(timeout);
         let mut hs = ServerHandshake::new();
         let mut frame_buf = Vec::new();
+        // File-mode paths must belong to the peer: its uid from SO_PEERCRED, or ours when the
+        // socket cannot say (TCP: file mode only works on one host anyway).
+        let owner = match conn.peer() {
+            Peer::Unix { uid, .. } => uid,
+            _ => rustix::process::geteuid().as_raw(),
+        };
+        let policy = PeerFilePolicy {
+            dirs: &config.shm_dirs,
+            owner: Some(owner),
+            setting: "Config::shm_dirs",
+        };
         let mut fds = None;
         let mut shm = None;
         let mut out = hs.start();
@@ -220,19 +234,19 @@ impl Session {
                         &queue_path,
                         &buffer_path,
                         fds.take(),
+                        &policy,
                     )?);
                     hs.step(Input::Mapped)?
                 }
                 Output::Done { version } => break version,
                 Output::SendFds => {
-                    return Err(Error::SessionClosed(
-                        "server handshake asked for a client step".into(),
-                    ));
+                    unreachable!("the server handshake never asks for a client step")
                 }
             };
         };
-        let shm =
-            shm.ok_or_else(|| Error::SessionClosed("handshake finished without mapping".into()))?;
+        let shm = shm.ok_or_else(|| {
+            Error::ProtocolViolation("the handshake finished without mapping the regions".into())
+        })?;
         Self::start(conn, shm, Side::Server, version, config)
     }
 
@@ -247,6 +261,7 @@ impl Session {
         conn.set_write_timeout(Some(config.connection_write_timeout))?;
         let reader = conn.try_clone()?;
         let breaker = config.circuit_breaker.as_millis() as u64;
+        let max_frame_len = config.max_frame_len;
         let inner = Arc::new(Inner {
             shm,
             state: Mutex::new(State {
@@ -259,13 +274,14 @@ impl Session {
             writer: Mutex::new(conn),
             closed: AtomicBool::new(false),
             epoch: Instant::now(),
+            max_frame_len,
             driver: Mutex::new(None),
         });
         let driver_inner = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("shmlink-driver".into())
-            .spawn(move || drive(driver_inner, reader))
-            .map_err(|e| Error::SessionClosed(format!("cannot start the driver thread: {e}")))?;
+            .spawn(move || drive(driver_inner, reader, max_frame_len))
+            .map_err(Error::Io)?;
         *lock(&inner.driver) = Some(handle);
         Ok(Session { inner })
     }
@@ -277,10 +293,7 @@ impl Session {
         let id = state
             .core
             .open_stream(inner.now_ms())
-            .map_err(|e| match e {
-                core_session::SessionError::Unhealthy => Error::Unhealthy,
-                e => Error::Protocol(e),
-            })?;
+            .map_err(Error::from)?;
         let shared = Arc::new(StreamShared::new(id));
         state.streams.insert(id, Arc::clone(&shared));
         Ok(Stream::new(Arc::clone(inner), shared))
@@ -296,7 +309,7 @@ impl Session {
                 return Ok(Stream::new(Arc::clone(inner), shared));
             }
             if let Some(reason) = &state.close_reason {
-                return Err(Error::SessionClosed(reason.clone()));
+                return Err(reason.error());
             }
             state = match deadline {
                 None => inner
@@ -328,9 +341,12 @@ impl Session {
         self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Why the session closed, once it has.
-    pub fn close_reason(&self) -> Option<String> {
-        lock(&self.inner.state).close_reason.clone()
+    /// Why the session closed, once it has: the error every operation now returns.
+    pub fn close_reason(&self) -> Option<Error> {
+        lock(&self.inner.state)
+            .close_reason
+            .as_ref()
+            .map(CloseReason::error)
     }
 
     /// Whether the circuit breaker is closed (no fallback in the last `circuit_breaker`).
@@ -360,7 +376,7 @@ impl Session {
 
     /// Closes the session: the socket is shut down and streams see the end.
     pub fn close(&self) {
-        self.inner.shutdown("closed locally".into());
+        self.inner.shutdown(CloseReason::Local);
         self.inner.join_driver();
     }
 }
@@ -396,6 +412,7 @@ fn map_client_regions(
     queue_path: &[u8],
     buffer_path: &[u8],
     fds: Option<[std::os::fd::OwnedFd; 2]>,
+    policy: &PeerFilePolicy<'_>,
 ) -> Result<Shm, Error> {
     let queue_name = String::from_utf8_lossy(queue_path).into_owned();
     let buffer_name = String::from_utf8_lossy(buffer_path).into_owned();
@@ -405,28 +422,33 @@ fn map_client_regions(
             Some(buffer_fd),
         ),
         (MemMode::Memfd, None) => {
-            return Err(Error::SessionClosed("memfd handshake without fds".into()));
+            return Err(Error::ProtocolViolation(
+                "memfd handshake without the two fds".into(),
+            ));
         }
         (MemMode::File, _) => {
             // The peer's files are removed only once they proved to be shmipc regions (below).
             (
-                SharedRegion::open_file(Path::new(OsStr::from_bytes(queue_path)))?,
+                SharedRegion::open_peer_file(Path::new(OsStr::from_bytes(queue_path)), policy)?,
                 None,
             )
         }
     };
     let mut registry = lock(buffer_registry());
     registry.retain(|_, weak| weak.strong_count() > 0);
-    let buffer = match registry.get(buffer_path).and_then(Weak::upgrade) {
+    let key = (policy.owner.unwrap_or(u32::MAX), buffer_path.to_vec());
+    let buffer = match registry.get(&key).and_then(Weak::upgrade) {
         // Go reuses the mapping of a known buffer path and closes a newly received fd.
         Some(existing) => existing,
         None => {
             let region = match new_buffer_fd {
                 Some(fd) => SharedRegion::from_fd(fd, &buffer_name)?,
-                None => SharedRegion::open_file(Path::new(OsStr::from_bytes(buffer_path)))?,
+                None => {
+                    SharedRegion::open_peer_file(Path::new(OsStr::from_bytes(buffer_path)), policy)?
+                }
             };
             let region = Arc::new(region);
-            registry.insert(buffer_path.to_vec(), Arc::downgrade(&region));
+            registry.insert(key, Arc::downgrade(&region));
             region
         }
     };
@@ -449,7 +471,7 @@ impl Inner {
     pub(crate) fn live_state(&self) -> Result<MutexGuard<'_, State>, Error> {
         let state = lock(&self.state);
         match &state.close_reason {
-            Some(reason) => Err(Error::SessionClosed(reason.clone())),
+            Some(reason) => Err(reason.error()),
             None => Ok(state),
         }
     }
@@ -480,9 +502,14 @@ impl Inner {
         };
         drop(writer);
         if let Err(e) = result {
-            let reason = format!("socket write failed: {e}");
+            let reason = if e.is_peer_gone() {
+                CloseReason::Peer
+            } else {
+                CloseReason::Lost(format!("socket write failed: {e}"))
+            };
+            let error = reason.error();
             self.shutdown(reason);
-            return Err(e.into());
+            return Err(error);
         }
         Ok(())
     }
@@ -500,7 +527,7 @@ impl Inner {
     pub(crate) fn push_element(&self, element: Element) -> Result<Result<(), Error>, Error> {
         for attempt in 0..=QUEUE_FULL_RETRIES {
             if self.is_closed() {
-                return Err(Error::SessionClosed(self.close_reason()));
+                return Err(self.close_error());
             }
             match self.shm.send.push(element) {
                 Ok(Wake::NotifyPeer) => {
@@ -516,8 +543,10 @@ impl Inner {
                     return Err(Error::QueueFull);
                 }
                 Err(e) => {
-                    self.shutdown(format!("send queue corrupted: {e}"));
-                    return Err(e.into());
+                    let reason = CloseReason::Violation(format!("send queue corrupted: {e}"));
+                    let error = reason.error();
+                    self.shutdown(reason);
+                    return Err(error);
                 }
             }
         }
@@ -545,20 +574,22 @@ impl Inner {
                     let close = Frame::new(self.version(), Message::StreamClose { stream_id: id });
                     let _ = self.send_frame(&close);
                 }
-                Err(e) => self.shutdown(format!("send queue corrupted: {e}")),
+                Err(e) => {
+                    self.shutdown(CloseReason::Violation(format!("send queue corrupted: {e}")))
+                }
             }
         }
     }
 
-    fn close_reason(&self) -> String {
+    pub(crate) fn close_error(&self) -> Error {
         lock(&self.state)
             .close_reason
-            .clone()
-            .unwrap_or_else(|| "closed".into())
+            .as_ref()
+            .map_or(Error::ClosedLocally, CloseReason::error)
     }
 
     /// Marks the session closed, wakes everyone, and shuts the socket down.
-    pub(crate) fn shutdown(&self, reason: String) {
+    pub(crate) fn shutdown(&self, reason: CloseReason) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -682,29 +713,34 @@ impl Inner {
 }
 
 /// The driver thread: reads frames until the socket ends or the peer breaks the protocol.
-fn drive(inner: Arc<Inner>, reader: Conn) {
-    let mut decoder = FrameDecoder::new();
+fn drive(inner: Arc<Inner>, reader: Conn, max_frame_len: u32) {
+    let mut decoder = FrameDecoder::with_limit(max_frame_len);
     // One buffer for every read: zero-filling a fresh area per wake-up would cost more than
     // copying the few bytes (usually one 8-byte Polling frame) a read returns.
     let mut buf = vec![0u8; READ_CHUNK];
     let reason = 'session: loop {
         let n = match reader.read_some(&mut buf) {
             Ok(n) => n,
-            Err(e) => break 'session format!("socket read failed: {e}"),
+            Err(e) if e.is_peer_gone() => break 'session CloseReason::Peer,
+            Err(e) => break 'session CloseReason::Lost(format!("socket read failed: {e}")),
         };
         if n == 0 {
-            break 'session "the peer closed the connection".to_owned();
+            break 'session CloseReason::Peer;
         }
         decoder.extend(&buf[..n]);
         loop {
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(e) => break 'session format!("bad frame from the peer: {e}"),
+                Err(e) => break 'session CloseReason::Violation(format!("bad frame: {e}")),
             };
             if let Err(e) = inner.handle_frame(&frame) {
                 lock(&inner.state).core.metrics_mut().event_conn_error_count += 1;
-                break 'session format!("{e}");
+                break 'session match e {
+                    Error::ProtocolViolation(detail) => CloseReason::Violation(detail),
+                    Error::ConnectionLost(detail) => CloseReason::Lost(detail),
+                    other => CloseReason::Violation(other.to_string()),
+                };
             }
         }
     };

@@ -17,19 +17,20 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use shmlink_core::buffer::{BufferError, Segment};
-use shmlink_core::frame::{Frame, MAX_FRAME_LEN, Message};
+use shmlink_core::frame::{Frame, Message};
 use shmlink_core::queue::Element;
-use shmlink_core::session::{Piece, ReceiveBuffer, Route, SessionError};
+use shmlink_core::session::{Piece, ReceiveBuffer, Route};
 use shmlink_core::slice::SLICE_HEADER_SIZE;
 
 use crate::Error;
+use crate::error::CloseReason;
 use crate::session::Inner;
 
 #[derive(Default)]
 struct RecvState {
     buffer: ReceiveBuffer,
     peer_closed: bool,
-    session_closed: Option<String>,
+    session_closed: Option<CloseReason>,
     local_closed: bool,
 }
 
@@ -70,8 +71,8 @@ impl StreamShared {
         self.cv.notify_all();
     }
 
-    pub(crate) fn session_closed(&self, reason: &str) {
-        lock(&self.recv).session_closed = Some(reason.to_owned());
+    pub(crate) fn session_closed(&self, reason: &CloseReason) {
+        lock(&self.recv).session_closed = Some(reason.clone());
         self.cv.notify_all();
     }
 }
@@ -123,10 +124,7 @@ impl Stream {
 
     fn route(&self) -> Result<Route, Error> {
         let state = self.inner.live_state()?;
-        state.core.route(self.id()).map_err(|e| match e {
-            SessionError::StreamClosed => Error::StreamClosed,
-            e => Error::Protocol(e),
-        })
+        state.core.route(self.id()).map_err(Error::from)
     }
 
     /// Reserves `n` bytes to write into directly. In shared memory when possible (one slice
@@ -136,11 +134,10 @@ impl Stream {
         if self.closed {
             return Err(Error::StreamClosed);
         }
-        if n > MAX_FRAME_LEN as usize - 16 {
-            return Err(Error::Config(format!(
-                "a single flush is limited to {} bytes",
-                MAX_FRAME_LEN - 16
-            )));
+        let max = self.inner.max_frame_len;
+        // A write may have to travel as one FallbackData frame: 16 bytes of header and ids.
+        if n > max as usize - 16 {
+            return Err(Error::TooLarge { len: n, max });
         }
         let kind = match self.route()? {
             Route::Fallback => Reserved::Heap(vec![0; n]),
@@ -236,7 +233,7 @@ impl Stream {
                 return Ok(None);
             }
             if let Some(reason) = &recv.session_closed {
-                return Err(Error::SessionClosed(reason.clone()));
+                return Err(reason.error());
             }
             recv = match deadline {
                 None => self.shared.cv.wait(recv).unwrap_or_else(|e| e.into_inner()),
@@ -403,6 +400,15 @@ pub struct Reservation<'s> {
     len: usize,
     kind: Reserved,
     done: bool,
+}
+
+impl std::fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("len", &self.len)
+            .field("shared_memory", &self.is_shared_memory())
+            .finish()
+    }
 }
 
 impl Reservation<'_> {

@@ -26,12 +26,10 @@ pub fn recv_framed(stream: &mut Stream) -> Result<Option<Vec<u8>>, Error> {
     match stream.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(Error::SessionClosed(e.to_string())),
+        Err(e) => return Err(e.into()),
     }
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream
-        .read_exact(&mut body)
-        .map_err(|e| Error::SessionClosed(e.to_string()))?;
+    stream.read_exact(&mut body)?;
     Ok(Some(body))
 }
 
@@ -56,7 +54,7 @@ pub fn echo_session(session: &Session, limit: Option<usize>) -> Result<usize, Er
     loop {
         match session.accept_stream(None) {
             Ok(stream) => workers.push(std::thread::spawn(move || echo_stream(stream, limit))),
-            Err(Error::SessionClosed(_)) => break,
+            Err(e) if e.is_session_closed() => break,
             Err(e) => return Err(e),
         }
     }
@@ -64,7 +62,7 @@ pub fn echo_session(session: &Session, limit: Option<usize>) -> Result<usize, Er
     for w in workers {
         total += w
             .join()
-            .map_err(|_| Error::SessionClosed("echo thread panicked".into()))??;
+            .map_err(|_| Error::Io(std::io::Error::other("echo thread panicked")))??;
     }
     Ok(total)
 }

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Session};
+use shmlink_core::buffer::{self, Role};
 use shmlink_core::frame::{Decoded, Frame, Message};
 use shmlink_core::handshake::{Input, Output, ServerHandshake};
 use shmlink_core::queue::{self, Element, Side, Wake};
@@ -16,7 +17,7 @@ use shmlink_tests::unique;
 struct RawServer {
     conn: Conn,
     queue: SharedRegion,
-    _buffer: SharedRegion,
+    buffer: SharedRegion,
 }
 
 /// Accepts one client and runs the server handshake by hand.
@@ -66,7 +67,7 @@ fn raw_accept(listener: &Listener) -> RawServer {
     RawServer {
         conn,
         queue,
-        _buffer: buffer,
+        buffer,
     }
 }
 
@@ -154,7 +155,7 @@ fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
     assert!(err.to_string().contains("bad frame magic 0xdead"), "{err}");
     assert!(matches!(
         session.open_stream(),
-        Err(Error::SessionClosed(_))
+        Err(Error::ProtocolViolation(_))
     ));
 }
 
@@ -194,4 +195,104 @@ fn fallback_data_for_a_stream_the_client_never_opened_is_dropped() {
         "a fallback opens the circuit breaker"
     );
     assert!(matches!(session.open_stream(), Err(Error::Unhealthy)));
+}
+
+impl RawServer {
+    /// Pushes `elements` on the server-to-client queue and wakes the client.
+    fn push(&self, elements: &[Element]) {
+        let pair = queue::attach_region(self.queue.region(), Side::Server).unwrap();
+        let (producer, _) = pair.into_roles();
+        let mut wake = false;
+        for &e in elements {
+            wake |= producer.push(e).unwrap() == Wake::NotifyPeer;
+        }
+        if wake {
+            let mut polling = Vec::new();
+            Frame::new(3, Message::Polling)
+                .encode_into(&mut polling)
+                .unwrap();
+            self.conn.send(&polling, "raw send").unwrap();
+        }
+    }
+}
+
+/// Issue 6, item 1: a peer that announces one chain in two queue elements. Before the
+/// ownership ledger, the client delivered the message twice (and recycled it twice).
+#[test]
+fn a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_slice() {
+    let (raw, session) = setup(Config::default());
+    let mut stream = session.open_stream().unwrap();
+    let buffers = buffer::attach(raw.buffer.region(), Role::Mapper).unwrap();
+    let slice = buffers.alloc(5).unwrap().first();
+    buffers.set_len(slice, 5).unwrap();
+    let (data, _) = buffers.data_area(slice).unwrap();
+    let mut bytes = raw.buffer.region().sub(data as usize, 5).unwrap();
+    // SAFETY: the raw server owns this freshly allocated slice and nothing else writes it.
+    unsafe { std::ptr::copy_nonoverlapping(b"twice".as_ptr(), bytes.as_ptr().as_ptr(), 5) };
+    let _ = &mut bytes;
+    buffers.hand_over(slice).unwrap();
+    raw.push(&[
+        Element::data(stream.id(), slice),
+        Element::data(stream.id(), slice),
+    ]);
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let first = stream.read_view().unwrap().unwrap();
+    assert_eq!(&first[..], b"twice");
+    let err = stream.read_view().unwrap_err();
+    assert!(matches!(err, Error::ProtocolViolation(_)), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&slice.to_string()), "{text}");
+    assert!(text.contains("received it"), "{text}");
+    assert_eq!(text.matches("protocol violation").count(), 1, "{text}");
+    drop(first);
+}
+
+/// Issue 6, item 1: a peer that names the slice our writer popped and is still filling.
+/// Before the ledger, the client delivered it: a `View` (`&[u8]`) over the bytes of a live
+/// `Reservation` (`&mut [u8]`).
+#[test]
+fn a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_it() {
+    let (raw, session) = setup(Config::default());
+    let writer = session.open_stream().unwrap();
+    let mut reader = session.open_stream().unwrap();
+    let buffers = buffer::attach(raw.buffer.region(), Role::Mapper).unwrap();
+    let list = buffers.lists()[0];
+    let next = list.base() + list.stats().head;
+    let mut reservation = writer.reserve(100).unwrap();
+    assert!(reservation.is_shared_memory());
+    reservation.write_at(0, &[7; 100]);
+    raw.push(&[Element::data(reader.id(), next)]);
+    reader.set_read_timeout(Some(Duration::from_secs(5)));
+    let err = reader.read_view().unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::ProtocolViolation(_)), "{text}");
+    assert!(
+        text.contains(&next.to_string()) && text.contains("still writing"),
+        "{text}"
+    );
+    // The reservation is still ours alone; committing it fails cleanly on the closed session.
+    reservation.write_at(0, &[8; 100]);
+    assert!(reservation.commit(100).unwrap_err().is_session_closed());
+}
+
+/// Issue 6, item 13: each cause is named once, with its own variant and io::ErrorKind.
+#[test]
+fn errors_name_their_cause_once_with_a_matching_io_kind() {
+    let (raw, session) = setup(Config::default());
+    let mut stream = session.open_stream().unwrap();
+    stream.send(b"x").unwrap();
+    drop(raw); // the peer goes away
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let err = stream.read_view().unwrap_err();
+    assert!(matches!(err, Error::PeerClosed), "{err:?}");
+    assert_eq!(err.to_string(), "the peer closed the connection");
+    let io = std::io::Error::from(err);
+    assert_eq!(io.kind(), std::io::ErrorKind::BrokenPipe);
+    assert_eq!(io.to_string(), "the peer closed the connection");
+    // The io::Error converts back to the same variant (a `?` in user code keeps the cause).
+    assert!(matches!(Error::from(io), Error::PeerClosed));
+    let again = session.open_stream().unwrap_err();
+    assert_eq!(again.to_string(), "the peer closed the connection");
+    session.close();
+    assert!(matches!(session.close_reason(), Some(Error::PeerClosed)));
 }

@@ -42,15 +42,42 @@ fn a_server_that_never_answers_times_the_client_handshake_out() {
     let _ = std::fs::remove_file(sock);
 }
 
+/// Waits (bounded) until the listener has counted `n` failed handshakes.
+fn failures(listener: &Listener, n: u64) -> Vec<shmlink::HandshakeFailure> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listener.failed_handshakes() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            listener.recent_failures()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    listener.recent_failures()
+}
+
 #[test]
 fn a_client_that_never_speaks_times_the_server_handshake_out() {
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("mute")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let _client = UnixStream::connect(&sock).unwrap();
     let start = Instant::now();
-    let err = listener.accept().unwrap_err();
-    assert!(matches!(err, Error::HandshakeTimeout(_)), "{err}");
+    let failed = failures(&listener, 1);
+    assert!(
+        failed[0].error.contains("did not finish within"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[0]
+            .peer
+            .contains(&format!("pid {}", std::process::id())),
+        "{failed:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(matches!(
+        listener.accept_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
 }
 
 #[test]
@@ -59,8 +86,8 @@ fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let mut client = UnixStream::connect(&sock).unwrap();
     client.write_all(&[0, 0, 0, 8, 0x77, 0x58, 4, 4]).unwrap();
-    let err = listener.accept().unwrap_err();
-    assert!(err.to_string().contains("version 4"), "{err}");
+    let failed = failures(&listener, 1);
+    assert!(failed[0].error.contains("version 4"), "{failed:?}");
     // The server closed the connection without answering.
     let mut buf = [0u8; 8];
     assert_eq!(client.read(&mut buf).unwrap_or(0), 0);

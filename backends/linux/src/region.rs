@@ -6,7 +6,7 @@
 //! that is still mapped. This module never interprets the bytes; `shmlink-core` does.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use shmlink_core::region::Region;
+
+/// Where a peer's file-mode region may be, for [`SharedRegion::open_peer_file`].
+#[derive(Clone, Copy, Debug)]
+pub struct PeerFilePolicy<'a> {
+    /// Directories the file must sit in directly (after resolving symbolic links).
+    pub dirs: &'a [PathBuf],
+    /// The uid that must own the file (the peer's, from `SO_PEERCRED`), if known.
+    pub owner: Option<u32>,
+    /// The name of the setting that would allow a refused path, for the error.
+    pub setting: &'static str,
+}
 
 /// Errors creating, opening or mapping a region.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +64,20 @@ pub enum RegionError {
     NotRegular {
         /// The region's name or path.
         name: String,
+    },
+    /// A file path the peer announced is not one we map: outside the allowed directories,
+    /// a symbolic link, not a regular file, or owned by another user.
+    #[error(
+        "refusing the peer's shared-memory path {path:?}: {reason}; \
+         allow it with the `{setting}` setting"
+    )]
+    Refused {
+        /// The path as announced.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The setting that would allow it.
+        setting: &'static str,
     },
     /// A region from the peer has a size no shmipc region can have.
     #[error("shared memory {name:?} from the peer has size {len}, which cannot be mapped")]
@@ -153,6 +178,67 @@ impl SharedRegion {
         let name = path.display().to_string();
         let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(os("open", &name))?;
+        let len = peer_size(&fd, &name)?;
+        let region = Self::map(fd, name, len, Some(path.to_owned()))?;
+        region.set_remove_on_drop(false);
+        Ok(region)
+    }
+
+    /// Opens and maps a file region the peer created, confined by `policy`: the file is opened
+    /// without following a final symbolic link (`O_NOFOLLOW`, and `O_NONBLOCK` so a FIFO
+    /// cannot stall us), then checked through the opened descriptor, so a swap of the path
+    /// after the check cannot matter: it must be a regular file (`fstat`), owned by
+    /// `policy.owner` when given, and its resolved path (`/proc/self/fd`) must lie inside one
+    /// of `policy.dirs`. Otherwise [`RegionError::Refused`] names the path and
+    /// `policy.setting`. Like [`open_file`](Self::open_file), the file is kept on drop until
+    /// the caller asks for removal.
+    pub fn open_peer_file(path: &Path, policy: &PeerFilePolicy<'_>) -> Result<Self, RegionError> {
+        let name = path.display().to_string();
+        let refuse = |reason: String| RegionError::Refused {
+            path: path.to_owned(),
+            reason,
+            setting: policy.setting,
+        };
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => refuse("it is a symbolic link".into()),
+            e => os("open", &name)(e),
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(os("fstat", &name))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        if let Some(owner) = policy.owner {
+            if stat.st_uid != owner {
+                return Err(refuse(format!(
+                    "it is owned by uid {}, the peer runs as uid {owner}",
+                    stat.st_uid
+                )));
+            }
+        }
+        let resolved =
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| {
+                RegionError::Os {
+                    call: "readlink /proc/self/fd",
+                    name: name.clone(),
+                    source: e,
+                }
+            })?;
+        let inside = policy
+            .dirs
+            .iter()
+            .any(|dir| std::fs::canonicalize(dir).is_ok_and(|dir| resolved.starts_with(dir)));
+        if !inside {
+            return Err(refuse(format!(
+                "it resolves to {} outside the allowed directories {:?}",
+                resolved.display(),
+                policy.dirs
+            )));
+        }
         let len = peer_size(&fd, &name)?;
         let region = Self::map(fd, name, len, Some(path.to_owned()))?;
         region.set_remove_on_drop(false);
@@ -333,6 +419,70 @@ mod tests {
         drop(r);
         assert!(!path.exists());
         drop(peer); // removing an already-removed file is fine
+    }
+
+    #[test]
+    fn peer_paths_are_confined_to_the_allowed_directories_regular_files_and_the_peers_uid() {
+        let dir = std::env::temp_dir().join(format!("shmlink-confine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("region");
+        std::fs::write(&file, vec![0u8; 4096]).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let dirs = [dir.clone()];
+        let policy = PeerFilePolicy {
+            dirs: &dirs,
+            owner: Some(me),
+            setting: "Config::shm_dirs",
+        };
+        let refused = |path: &Path, policy: &PeerFilePolicy<'_>| match SharedRegion::open_peer_file(
+            path, policy,
+        ) {
+            Err(RegionError::Refused { reason, .. }) => reason,
+            Err(other) => panic!("wrong error for {}: {other}", path.display()),
+            Ok(_) => panic!("{} was accepted", path.display()),
+        };
+        assert_eq!(
+            SharedRegion::open_peer_file(&file, &policy).unwrap().len(),
+            4096
+        );
+        // A symbolic link, even to an allowed file.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(refused(&link, &policy).contains("symbolic link"));
+        // A FIFO: refused without blocking.
+        let fifo = dir.join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(refused(&fifo, &policy).contains("not a regular file"));
+        // Another owner than the peer's uid.
+        let other = PeerFilePolicy {
+            owner: Some(me.wrapping_add(1)),
+            ..policy
+        };
+        assert!(refused(&file, &other).contains("owned by uid"));
+        // Outside the allowed directories, also through `..`.
+        let outside = [std::env::temp_dir().join("shmlink-nowhere")];
+        let elsewhere = PeerFilePolicy {
+            dirs: &outside,
+            ..policy
+        };
+        assert!(refused(&file, &elsewhere).contains("outside the allowed directories"));
+        let sneaky = dir.join("..").join("..").join("etc").join("hostname");
+        if sneaky.exists() {
+            let err = SharedRegion::open_peer_file(&sneaky, &policy).unwrap_err();
+            assert!(
+                matches!(err, RegionError::Refused { .. } | RegionError::Os { .. }),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

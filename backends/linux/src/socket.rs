@@ -56,6 +56,19 @@ impl TransportError {
         }
     }
 
+    /// Whether this error means the peer is gone: it closed the connection, cleanly (end of
+    /// file) or abortively (reset, broken pipe: a peer that exits with unread bytes resets).
+    pub fn is_peer_gone(&self) -> bool {
+        match self {
+            Self::Closed { .. } => true,
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether this error is a timeout (an expired read or write deadline).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Io { source, .. }
@@ -294,6 +307,51 @@ impl Write for &Conn {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A unix-socket peer's credentials at connect time (`SO_PEERCRED`).
+    Unix {
+        /// Process id.
+        pid: i32,
+        /// User id.
+        uid: u32,
+        /// Group id.
+        gid: u32,
+    },
+    /// A TCP peer's address.
+    Tcp(std::net::SocketAddr),
+    /// Not known (the query failed).
+    Unknown,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Unix { pid, uid, .. } => write!(f, "pid {pid} (uid {uid})"),
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unknown => f.write_str("unknown peer"),
+        }
+    }
+}
+
+impl Conn {
+    /// The peer: its credentials for a unix socket (`getsockopt(SO_PEERCRED)`, see
+    /// `unix(7)`), its address for TCP.
+    pub fn peer(&self) -> Peer {
+        match self {
+            Conn::Unix(s) => {
+                rustix::net::sockopt::socket_peercred(s).map_or(Peer::Unknown, |c| Peer::Unix {
+                    pid: c.pid.as_raw_nonzero().get(),
+                    uid: c.uid.as_raw(),
+                    gid: c.gid.as_raw(),
+                })
+            }
+            Conn::Tcp(s) => s.peer_addr().map_or(Peer::Unknown, Peer::Tcp),
+        }
     }
 }
 

@@ -350,14 +350,24 @@ impl<'a> BufferList<'a> {
                 let next = slice.next.load(Ordering::Relaxed);
                 // The new head must be a slice of this list before anyone else can see it:
                 // publishing a bad head would hand the corruption to every later pop, ours
-                // and the peer's.
+                // and the peer's. A bad `next` is only corruption if the slice is still the
+                // head: if another popper took it meanwhile, its owner may already have
+                // linked it into a message chain (an absolute `next`), and our CAS would
+                // have failed anyway, so look again.
                 if self.slices.get(next).is_none() {
-                    self.undo_pop();
-                    return Err(BufferError::Corrupted {
-                        list: None,
-                        field: "next of the head slice",
-                        value: u64::from(next),
-                    });
+                    // SYNC: SeqCst like every head access; pairs with other poppers' CAS.
+                    if h.head.load(Ordering::SeqCst) == head {
+                        self.undo_pop();
+                        return Err(BufferError::Corrupted {
+                            list: None,
+                            field: "next of the head slice",
+                            value: u64::from(next),
+                        });
+                    }
+                    spin_hint();
+                    // SYNC: SeqCst; pairs with the head CAS of other poppers.
+                    head = h.head.load(Ordering::SeqCst);
+                    continue;
                 }
                 // SYNC: SeqCst CAS like Go; pairs with other poppers' CAS and head loads.
                 if h.head

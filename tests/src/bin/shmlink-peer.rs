@@ -42,9 +42,9 @@ fn server(args: &[String]) -> Result<(), String> {
         workers.push(std::thread::spawn(move || {
             let n = echo_session(&session, limit)?;
             if !session.all_buffers_free() {
-                return Err(shmlink::Error::SessionClosed(
-                    "buffers not all free at the end".into(),
-                ));
+                return Err(shmlink::Error::Io(std::io::Error::other(
+                    "buffers not all free at the end",
+                )));
             }
             Ok(n)
         }));

@@ -1,0 +1,285 @@
+//! Clients that misbehave during the handshake, against our `Listener`: each costs only its
+//! own connection (logged with its peer, counted), never the listener, and a silent client
+//! does not hold up the others. Plus the handshake-path confinement and the largest-frame
+//! setting.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use shmlink::{Config, Error, Listener, MemMode, Session};
+use shmlink_core::frame::{Decoded, Frame, Message, Paths};
+use shmlink_linux::region::SharedRegion;
+use shmlink_linux::socket::Conn;
+use shmlink_tests::{check_echoes, echo_session, payload, recv_framed, send_framed, unique};
+
+fn sock(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}.sock", unique(name)))
+}
+
+fn encode(version: u8, message: Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    Frame::new(version, message).encode_into(&mut out).unwrap();
+    out
+}
+
+/// Waits (bounded) until the listener has counted `n` failed handshakes.
+fn failures(listener: &Listener, n: u64) -> Vec<shmlink::HandshakeFailure> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listener.failed_handshakes() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} failures: {:?}",
+            listener.failed_handshakes(),
+            listener.recent_failures()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    listener.recent_failures()
+}
+
+/// A V3 memfd client that hands over two regions of 4 KiB of zeros: no valid queue header.
+fn truncated_region_client(path: &std::path::Path) -> Conn {
+    let conn = Conn::connect_unix(path).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.send(&encode(3, Message::ExchangeProtoVersion), "send")
+        .unwrap();
+    let mut buf = Vec::new();
+    conn.read_frame(&mut buf, "read").unwrap();
+    let paths = Paths {
+        queue: b"truncated_queue",
+        buffer: b"truncated_buffer",
+    };
+    conn.send(&encode(3, Message::ShareMemoryByMemfd(paths)), "send")
+        .unwrap();
+    conn.read_frame(&mut buf, "read").unwrap();
+    assert!(matches!(
+        Frame::decode(&buf),
+        Ok(Decoded::Frame(
+            Frame {
+                message: Message::AckReadyRecvFd,
+                ..
+            },
+            _
+        ))
+    ));
+    let q = SharedRegion::create_memfd("truncated_queue", 4096).unwrap();
+    let b = SharedRegion::create_memfd("truncated_buffer", 4096).unwrap();
+    conn.send_fds(b.fd(), q.fd()).unwrap();
+    conn
+}
+
+/// Issue 6, item 12: garbage, a huge length and a truncated region each end only their own
+/// connection; a silent client does not delay a good one; the listener keeps accepting.
+#[test]
+fn hostile_and_silent_clients_cost_only_their_own_connection() {
+    let path = sock("hostile");
+    let config = Config {
+        // Long enough that a listener serialising handshakes behind the silent client could
+        // not hand out the good session within the accept timeout below.
+        initialize_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let listener = Listener::bind(&path, config).unwrap();
+
+    let _silent = UnixStream::connect(&path).unwrap();
+    let mut garbage = UnixStream::connect(&path).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut huge = UnixStream::connect(&path).unwrap();
+    huge.write_all(&[0x7f, 0xff, 0xff, 0xff, 0x77, 0x58, 2, 0])
+        .unwrap();
+    let _truncated = truncated_region_client(&path);
+
+    let failed = failures(&listener, 3);
+    let texts: Vec<&str> = failed.iter().map(|f| f.error.as_str()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("bad frame magic")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("exceeds the limit")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("queue region")),
+        "{texts:?}"
+    );
+    let me = format!("pid {}", std::process::id());
+    assert!(failed.iter().all(|f| f.peer.contains(&me)), "{failed:?}");
+
+    // A good client, while the silent one still holds its handshake open.
+    let client_path = path.clone();
+    let client = std::thread::spawn(move || {
+        let session = Session::connect(&client_path, Config::default()).unwrap();
+        let mut stream = session.open_stream().unwrap();
+        check_echoes(&mut stream, &[1, 9000, 300_000], 1)
+    });
+    let session = listener
+        .accept_timeout(Duration::from_secs(10))
+        .expect("the good client is served while the silent one waits");
+    let server = std::thread::spawn(move || echo_session(&session, None));
+    client.join().unwrap().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), 3);
+    assert_eq!(
+        listener.failed_handshakes(),
+        3,
+        "the silent one is still pending"
+    );
+}
+
+/// Issue 6, item 11: a client announcing file-mode regions outside the configured
+/// directories is refused with an error naming the path and the setting; the same client
+/// inside them works.
+#[test]
+fn file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setting() {
+    let path = sock("confine");
+    let listener = Listener::bind(&path, Config::default()).unwrap();
+    let prefix = std::env::temp_dir().join(unique("outside"));
+    let outside = Config {
+        mem_mode: MemMode::File,
+        path_prefix: prefix.display().to_string(),
+        initialize_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    // V2 (Go's file-mode opening) has no acknowledgement: the client may think it is up
+    // until the server closes the connection.
+    if let Ok(session) = Session::connect(&path, outside) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !session.is_closed() {
+            assert!(Instant::now() < deadline, "the refused session stayed open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert!(listener.accept_timeout(Duration::from_millis(100)).is_err());
+    let failed = failures(&listener, 1);
+    let text = &failed[0].error;
+    assert!(text.contains(&prefix.display().to_string()), "{text}");
+    assert!(text.contains("Config::shm_dirs"), "{text}");
+    assert!(text.contains("outside the allowed directories"), "{text}");
+
+    // A directory of our own, allowed by the server's configuration.
+    let dir = std::env::temp_dir().join(unique("allowed"));
+    std::fs::create_dir(&dir).unwrap();
+    let path2 = sock("confine-ok");
+    let listener2 = Listener::bind(
+        &path2,
+        Config {
+            shm_dirs: vec![dir.clone()],
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let client = std::thread::spawn({
+        let (path2, dir) = (path2.clone(), dir.clone());
+        move || {
+            let config = Config {
+                mem_mode: MemMode::File,
+                path_prefix: dir.join("region").display().to_string(),
+                ..Config::default()
+            };
+            let session = Session::connect(&path2, config).unwrap();
+            let mut stream = session.open_stream().unwrap();
+            check_echoes(&mut stream, &[10, 20_000], 2)
+        }
+    });
+    let session = listener2.accept_timeout(Duration::from_secs(10)).unwrap();
+    let server = std::thread::spawn(move || echo_session(&session, None));
+    client.join().unwrap().unwrap();
+    server.join().unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 6, item 14: a message larger than all of shared memory travels as one fallback
+/// frame, in both directions (CloudWeGo's crate panics above 32 MiB of fallback; this one is
+/// bounded only by `max_frame_len`), and a write above `max_frame_len` is refused by name.
+#[test]
+fn a_message_larger_than_all_shared_memory_falls_back_both_ways() {
+    let path = sock("bigger");
+    let listener = Listener::bind(&path, Config::default()).unwrap();
+    let small = Config {
+        buffer_capacity: 1 << 20,
+        ..Config::default()
+    };
+    let client = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let session = Session::connect(&path, small).unwrap();
+            let mut stream = session.open_stream().unwrap();
+            let body = payload(3 << 20, 7); // three times the whole buffer region
+            send_framed(&stream, &body).unwrap();
+            assert!(
+                stream.is_fallback(),
+                "the write could not fit in shared memory"
+            );
+            let echo = recv_framed(&mut stream).unwrap().unwrap();
+            assert!(echo == body, "the echo differs");
+        }
+    });
+    let session = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    let server = std::thread::spawn(move || echo_session(&session, None));
+    client.join().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), 1);
+
+    // The setting bounds a single write, with an error that names it.
+    let path = sock("limit");
+    let listener = Listener::bind(&path, Config::default()).unwrap();
+    let client = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let config = Config {
+                max_frame_len: 1 << 20,
+                ..Config::default()
+            };
+            let session = Session::connect(&path, config).unwrap();
+            let stream = session.open_stream().unwrap();
+            let err = stream.reserve(2 << 20).unwrap_err();
+            assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+            assert!(err.to_string().contains("max_frame_len"), "{err}");
+        }
+    });
+    let _session = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    client.join().unwrap();
+}
+
+/// Issue 6, item 14: a fallback frame above the receiver's `max_frame_len` closes that
+/// session with a protocol violation naming the limit.
+#[test]
+fn a_fallback_frame_above_the_receivers_limit_closes_the_session_naming_it() {
+    let path = sock("recv-limit");
+    let listener = Listener::bind(
+        &path,
+        Config {
+            max_frame_len: 1 << 20,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let client = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let session = Session::connect(
+                &path,
+                Config {
+                    buffer_capacity: 1 << 20,
+                    ..Config::default()
+                },
+            )
+            .unwrap();
+            let stream = session.open_stream().unwrap();
+            // 2 MiB cannot fit 1 MiB of shared memory: it goes out as one 2 MiB frame.
+            let _ = stream.send(&payload(2 << 20, 1));
+            session
+        }
+    });
+    let session = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !session.is_closed() {
+        assert!(Instant::now() < deadline, "the session stayed open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reason = session.close_reason().unwrap();
+    assert!(matches!(reason, Error::ProtocolViolation(_)), "{reason}");
+    assert!(reason.to_string().contains("1048576"), "{reason}");
+    drop(client.join().unwrap());
+}
