@@ -9,9 +9,16 @@
 //! ```
 //!
 //! - `tests/queue.rs`: IO queue order and content, the working-flag handshake (no lost
-//!   wake-up), two producers through the process-local lock.
-//! - `tests/buffer.rs`: free-list pop/push from threads standing for both processes, and
-//!   (ignored, documented) the ABA window of the compat free list.
+//!   wake-up), a full queue under the handshake, a close pushed after a write from another
+//!   thread, two producers through the process-local lock.
+//! - `tests/buffer.rs`: free-list pop/push from threads standing for both processes, the
+//!   link publication with stale values that look valid and with junk, the ownership
+//!   ledger (a double recycle, two transitions on one word), a chain across lists received
+//!   and recycled on the other side, and (ignored, documented) the ABA window of the compat
+//!   free list.
+//!
+//! Each model file lists the mutations of core tried against it and whether it caught them;
+//! `mutations.py` reruns them.
 
 /// Leaks `value` for the rest of the model iteration. Models borrow queue and list memory
 /// for `'static` so that threads can share it; a few bytes per iteration is fine.

@@ -15,6 +15,17 @@
 //! `aba_window_of_the_untagged_free_list` exhibits it on a four-slice list and is ignored so
 //! the suite stays green; run it with `--ignored` to watch it fail. A negotiated profile with
 //! a tagged head (DESIGN.md, "Profiles") closes the window.
+//!
+//! # Mutations tried (`python3 loom-tests/mutations.py`, LOOM_MAX_PREEMPTIONS=2)
+//!
+//! | mutation of core | model | result |
+//! | --- | --- | --- |
+//! | recycle's link flag `fetch_or` Relaxed | `a_recycle_publishes_its_link_before_a_popper_follows_it` | missed, and not a bug: the size increment after the link is a release RMW that the popper's acquire size decrement reads (one release sequence), so the link is published through the size counter as well |
+//! | pop's flags load Relaxed | the same | missed, for the same reason |
+//! | pop reports corruption on one bad `next` read (`BAD_NEXT_READS` = 1) | `alloc_recycle_from_both_processes_never_double_allocates` | caught (this model found that false alarm: a recycled head's `next` is NO_NEXT until linked) |
+//! | recycle ignores the ownership ledger | `manager::two_threads_recycling_one_slice_recycle_it_once` | missed: masked by the list's own IN_USE swap, the second guard |
+//! | recycle ignores the ledger and the IN_USE swap | the same | caught |
+//! | ledger transition as load + store instead of CAS | `manager::ledger_transitions_on_one_word_lose_no_update` | caught |
 #![cfg(loom)]
 
 use std::collections::HashSet;
@@ -186,4 +197,173 @@ fn aba_window_of_the_untagged_free_list() {
         a.join().unwrap();
         assert_full(&creator);
     });
+}
+
+/// Recycling publishes the link: a popper that sees HAS_NEXT on the old tail must see the
+/// `next` written before it (the Release of the flag's `fetch_or` pairs with pop's Acquire
+/// flags load). The old tail here is the slice formatting left last, whose `next` is still
+/// formatting's 0: a stale read of it looks like a valid link (to slice 0, which the client
+/// holds), so a missing Release shows as a slice handed out twice or a free chain that
+/// loses slices, not as a harmless retry.
+#[test]
+fn a_recycle_publishes_its_link_before_a_popper_follows_it() {
+    loom::model(|| {
+        let (creator, mapper) = list(3);
+        let owners = Owners::new(3);
+        // Take two (all that can be taken); the server side gives one back while the client
+        // pops again.
+        let a = pop(&creator, owners, 1).unwrap();
+        let b = pop(&creator, owners, 1).unwrap();
+        owners.release(b);
+        let t = thread::spawn(move || {
+            owners.claim(b, 2);
+            push(&mapper, owners, b);
+        });
+        let again = pop(&creator, owners, 1);
+        t.join().unwrap();
+        push(&creator, owners, a);
+        if let Some(x) = again {
+            push(&creator, owners, x);
+        }
+        assert_full(&creator);
+    });
+}
+
+/// The same race after one recycle, so every unlinked `next` in the list is the junk push
+/// writes (`NO_NEXT`, never a slice offset): a stale read cannot look like a link, and the
+/// pop must neither fail nor hand out a slice twice; it looks again.
+#[test]
+fn a_stale_junk_link_is_read_again_not_followed() {
+    loom::model(|| {
+        let (creator, mapper) = list(3);
+        let first = creator.pop().unwrap().unwrap();
+        creator.push(first).unwrap();
+        let owners = Owners::new(3);
+        let a = pop(&creator, owners, 1).unwrap();
+        let b = pop(&creator, owners, 1).unwrap();
+        owners.release(b);
+        let t = thread::spawn(move || {
+            owners.claim(b, 2);
+            push(&mapper, owners, b);
+        });
+        let again = pop(&creator, owners, 1);
+        t.join().unwrap();
+        push(&creator, owners, a);
+        if let Some(x) = again {
+            push(&creator, owners, x);
+        }
+        assert_full(&creator);
+    });
+}
+
+/// Manager-level models: the ownership ledger and chains across lists.
+mod manager {
+    use super::*;
+    use shmlink_core::buffer::{BufferManager, Ownership};
+
+    /// Two lists (64- and 256-byte slices, 3 each) laid out back to back from offset 0.
+    fn two_lists() -> (BufferManager<'static>, BufferManager<'static>) {
+        let mut creator = Vec::new();
+        let mut mapper = Vec::new();
+        let mut base = 0;
+        for size in [SLICE, 4 * SLICE] {
+            let header = leak(ListHeader::default());
+            let headers = leak((0..3).map(|_| SliceHeader::default()).collect::<Vec<_>>());
+            let table = SliceTable::from_headers(headers, size).unwrap();
+            creator.push(BufferList::format(header, table, base, Role::Creator).unwrap());
+            mapper.push(BufferList::attach(header, table, base, Role::Mapper, None).unwrap());
+            base += 3 * (size + 20);
+        }
+        (
+            BufferManager::from_lists(&creator, base).unwrap(),
+            BufferManager::from_lists(&mapper, base).unwrap(),
+        )
+    }
+
+    /// Two threads of one process recycle the same slice (a double recycle): the ledger lets
+    /// exactly one through, and the list ends full with the slice in it once.
+    #[test]
+    fn two_threads_recycling_one_slice_recycle_it_once() {
+        loom::model(|| {
+            let (m, _) = two_lists();
+            let m = leak(m);
+            let x = m.alloc(10).unwrap().first();
+            let t = thread::spawn(move || m.recycle(x).is_ok());
+            let mine = m.recycle(x).is_ok();
+            let theirs = t.join().unwrap();
+            assert!(
+                mine ^ theirs,
+                "recycled {} times",
+                u8::from(mine) + u8::from(theirs)
+            );
+            assert_eq!(m.ownership(x).unwrap(), Ownership::NotOurs);
+            assert_full(&m.lists()[0]);
+        });
+    }
+
+    /// The ledger is one CAS word per 16 slices: the driver taking delivery of one slice and
+    /// a reader recycling another of the same word, at once, lose neither transition.
+    #[test]
+    fn ledger_transitions_on_one_word_lose_no_update() {
+        loom::model(|| {
+            let (m, peer) = two_lists();
+            let (m, peer) = (leak(m), leak(peer));
+            let held = m.alloc(10).unwrap().first();
+            let sent = peer.alloc(10).unwrap().first();
+            peer.set_len(sent, 10).unwrap();
+            peer.hand_over(sent).unwrap();
+            let t = thread::spawn(move || {
+                let mut out = Vec::new();
+                m.receive_chain(sent, &mut out).unwrap();
+                out.len()
+            });
+            m.recycle(held).unwrap();
+            assert_eq!(t.join().unwrap(), 1);
+            assert_eq!(m.ownership(sent).unwrap(), Ownership::Received);
+            assert_eq!(m.ownership(held).unwrap(), Ownership::NotOurs);
+            m.recycle(sent).unwrap();
+            assert!(m.all_free());
+        });
+    }
+
+    /// One process allocates a chain across both lists (more than the largest slice holds),
+    /// links it and hands it over; the other takes delivery and recycles it while the first
+    /// allocates again. No slice has two owners and both lists end full.
+    #[test]
+    fn a_chain_across_lists_is_linked_received_and_recycled_on_the_other_side() {
+        loom::model(|| {
+            let (client, server) = two_lists();
+            let (client, server) = (leak(client), leak(server));
+            let chain = client.alloc(u64::from(4 * SLICE) + 10).unwrap();
+            assert_eq!(chain.count(), 2);
+            let slices: Vec<u32> = client.own_chain(&chain).map(|s| s.unwrap().0).collect();
+            for &s in &slices {
+                client.set_len(s, 10).unwrap();
+                client.hand_over(s).unwrap();
+            }
+            let first = chain.first();
+            let t = thread::spawn(move || {
+                let mut out = Vec::new();
+                server.receive_chain(first, &mut out).unwrap();
+                let got: Vec<u32> = out.iter().map(|s| s.slice).collect();
+                for s in &got {
+                    server.recycle(*s).unwrap();
+                }
+                got
+            });
+            let other = client.alloc(10);
+            let got = t.join().unwrap();
+            assert_eq!(got, slices);
+            if let Ok(c) = other {
+                assert!(
+                    !slices.contains(&c.first()),
+                    "a slice in flight was handed out"
+                );
+                client.free_chain(&c).unwrap();
+            }
+            for list in client.lists() {
+                assert_full(list);
+            }
+        });
+    }
 }

@@ -1,4 +1,17 @@
 //! Loom models of the IO queue (core/src/queue.rs).
+//!
+//! The head/tail counter's loom twin loads with Acquire, exactly what x86's `mov` gives: a
+//! SeqCst twin would synchronise with earlier SeqCst fences and hide missing ones.
+//!
+//! # Mutations tried (`python3 loom-tests/mutations.py`, LOOM_MAX_PREEMPTIONS=2)
+//!
+//! | mutation of core | model | result |
+//! | --- | --- | --- |
+//! | `finish_drain`: fence deleted, flag store Relaxed | `lost_wakeup_is_impossible_when_consumer_goes_idle` | caught |
+//! | the same, with the counter twin's load SeqCst (as before issue 6) | `lost_wakeup_is_impossible_when_consumer_goes_idle` | missed: the SeqCst load hides it, which is why the twin is Acquire |
+//! | the same | `a_full_queue_and_the_flag_handshake_strand_nothing` | caught |
+//! | tail increment Release without the SeqCst fence | `lost_wakeup_is_impossible_when_consumer_goes_idle` | caught |
+//! | producer lock removed | `two_producers_serialised_by_the_local_lock` | caught |
 #![cfg(loom)]
 
 use loom::thread;
@@ -142,5 +155,58 @@ fn two_producers_serialised_by_the_local_lock() {
             assert_eq!(seqs, [0, 1], "stream {id}");
         }
         assert_eq!(consumer.queue().pushed_total(), 4);
+    });
+}
+
+/// A full queue combined with the working-flag handshake: a one-slot queue, the consumer
+/// draining while the producer waits for room. The producer's second push can only land
+/// after the consumer popped the first, possibly after the consumer lowered its flag; either
+/// the consumer's drain sees it or the producer is told to notify, so nothing is stranded.
+#[test]
+fn a_full_queue_and_the_flag_handshake_strand_nothing() {
+    loom::model(|| {
+        let (producer, mut consumer) = queue(1).split();
+        let producer = leak(producer);
+        let first = Element::data(2, 1);
+        let second = Element::data(2, 2);
+        assert_eq!(producer.push(first).unwrap(), Wake::NotifyPeer);
+        let t = thread::spawn(move || push_until_accepted(producer, second) == Wake::NotifyPeer);
+        let mut got = Vec::new();
+        drain(&mut consumer, &mut got); // the Polling for `first`
+        let notified = t.join().unwrap();
+        if notified {
+            drain(&mut consumer, &mut got);
+        }
+        assert_eq!(got, [first, second], "an element was stranded");
+        assert_eq!(
+            consumer.queue().stats().working,
+            0,
+            "the consumer ends idle"
+        );
+    });
+}
+
+/// A stream's close pushed by another thread than its last write (a stream dropped on one
+/// thread after a write on another, ordered by the application, here by a join): the
+/// consumer sees the data before the close, never a close followed by data for the stream.
+#[test]
+fn a_close_pushed_after_a_write_on_another_thread_arrives_after_it() {
+    loom::model(|| {
+        let (producer, mut consumer) = queue(2).split();
+        let producer = leak(producer);
+        let closer = thread::spawn(move || {
+            let writer = thread::spawn(move || producer.push(Element::data(2, 44)).unwrap());
+            let _ = writer.join().unwrap();
+            producer.push(Element::close(2)).unwrap()
+        });
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match consumer.pop().unwrap() {
+                Some(e) => got.push(e),
+                None => thread::yield_now(),
+            }
+        }
+        let _ = closer.join().unwrap();
+        assert_eq!(got, [Element::data(2, 44), Element::close(2)]);
     });
 }

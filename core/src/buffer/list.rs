@@ -22,6 +22,9 @@ pub const NO_NEXT: u32 = u32::MAX;
 
 /// Bytes of a buffer list header.
 pub const LIST_HEADER_SIZE: usize = 36;
+/// Consecutive reads of an out-of-list `next` under an unchanged head that make a pop report
+/// corruption instead of a race it lost.
+const BAD_NEXT_READS: u32 = 3;
 /// Go's bound on CAS attempts in one pop.
 pub const POP_ATTEMPTS: u32 = 200;
 /// Bound on tail CAS attempts in one push. Each failure means another push succeeded, so
@@ -334,6 +337,7 @@ impl<'a> BufferList<'a> {
             self.undo_pop();
             return Ok(None);
         }
+        let mut bad_reads = 0;
         for _ in 0..POP_ATTEMPTS {
             let Some(slice) = self.slices.get(head) else {
                 self.undo_pop();
@@ -350,13 +354,17 @@ impl<'a> BufferList<'a> {
                 let next = slice.next.load(Ordering::Relaxed);
                 // The new head must be a slice of this list before anyone else can see it:
                 // publishing a bad head would hand the corruption to every later pop, ours
-                // and the peer's. A bad `next` is only corruption if the slice is still the
-                // head: if another popper took it meanwhile, its owner may already have
-                // linked it into a message chain (an absolute `next`), and our CAS would
-                // have failed anyway, so look again.
+                // and the peer's. But one bad read is not proof: between our flags load and
+                // our `next` load another popper may have taken the slice (its owner may have
+                // linked it into a message chain, an absolute `next`) or recycled it (`next`
+                // is then NO_NEXT until linked), and the head may even have come round to it
+                // again. So look again, from the head; only a `next` that stays bad on
+                // consecutive fresh reads of an unchanged head is corruption.
                 if self.slices.get(next).is_none() {
                     // SYNC: SeqCst like every head access; pairs with other poppers' CAS.
-                    if h.head.load(Ordering::SeqCst) == head {
+                    let now = h.head.load(Ordering::SeqCst);
+                    bad_reads = if now == head { bad_reads + 1 } else { 0 };
+                    if bad_reads >= BAD_NEXT_READS {
                         self.undo_pop();
                         return Err(BufferError::Corrupted {
                             list: None,
@@ -365,8 +373,7 @@ impl<'a> BufferList<'a> {
                         });
                     }
                     spin_hint();
-                    // SYNC: SeqCst; pairs with the head CAS of other poppers.
-                    head = h.head.load(Ordering::SeqCst);
+                    head = now;
                     continue;
                 }
                 // SYNC: SeqCst CAS like Go; pairs with other poppers' CAS and head loads.
