@@ -38,6 +38,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! # What a peer can and cannot do to you
+//!
+//! The peer maps the same shared memory, so it is part of the attack surface. A peer that
+//! breaks the protocol, by bug or on purpose, **can**:
+//!
+//! - write the bytes of slices it holds, or that we sent it, at any time (so the bytes of a
+//!   [`View`] are not a stable snapshot against a hostile peer: copy before validating);
+//! - make us close the session, with an error that names what it did
+//!   ([`Error::ProtocolViolation`]); other sessions are not affected;
+//! - in file mode, name only regular files it owns inside [`Config::shm_dirs`]; the server
+//!   refuses anything else (a symbolic link, a device, another user's file) by name.
+//!
+//! It **cannot** make us read or write outside our mappings, panic, loop or wait without a
+//! bound, deliver one message twice, or give one slice two owners: every offset and length it
+//! writes is validated once, from one read, and which slices this process holds is recorded
+//! in this process's memory (an ownership ledger), never taken from the shared flags. A chain
+//! announced twice, a slice we are still writing, a double recycle or a free list that hands
+//! us a slice we hold are refused and named. One client's failed handshake is logged and
+//! counted by the [`Listener`]; it never ends the listener and never delays other clients.
+//!
+//! What remains (documented in `loom-tests`): the compat free list has no ABA tag on its head,
+//! as in shmipc-go, so a pop stalled while the whole list rotates could link a wrong head; the
+//! next pop then refuses the corrupt link rather than follow it.
+
 #![deny(unsafe_code)]
 
 mod config;
