@@ -1,0 +1,381 @@
+//! Results, the tables printed and written, the verdicts against the goals, and the plot.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::transports::Kind;
+
+/// One ping-pong measurement (the median over rounds of each figure).
+#[derive(Clone, Debug)]
+pub(crate) struct PingPong {
+    /// The transport.
+    pub(crate) kind: Kind,
+    /// Bytes each way.
+    pub(crate) size: usize,
+    /// Median round trip, ns.
+    pub(crate) median_ns: f64,
+    /// 99th percentile round trip, ns.
+    pub(crate) p99_ns: f64,
+    /// CPU time per round trip, ns: harness process, peer process.
+    pub(crate) cpu_ns: [f64; 2],
+    /// Heap allocations per round trip in the harness process.
+    pub(crate) allocs: f64,
+    /// Round trips measured (all rounds).
+    pub(crate) iterations: u64,
+    /// Rounds still disturbed by other processes after the retries.
+    pub(crate) disturbed: u32,
+}
+
+impl PingPong {
+    /// Megabytes per second moved: 2 × N per median round trip.
+    pub(crate) fn mbps(&self) -> f64 {
+        2.0 * self.size as f64 / self.median_ns * 1e3
+    }
+}
+
+/// One pipelined run.
+#[derive(Clone, Debug)]
+pub(crate) struct Pipelined {
+    /// The transport.
+    pub(crate) kind: Kind,
+    /// Bytes per message.
+    pub(crate) size: usize,
+    /// Messages per second (median over rounds).
+    pub(crate) rate: f64,
+    /// Sender's wake-ups of the receiver per message, where known.
+    pub(crate) wakeups: Option<f64>,
+    /// Receiver's reads (socket reads or views) per message.
+    pub(crate) reads: f64,
+}
+
+/// One streams-at-scale run.
+#[derive(Clone, Debug)]
+pub(crate) struct Scale {
+    /// Concurrent streams on one session.
+    pub(crate) streams: usize,
+    /// Round trips per second, all streams together.
+    pub(crate) rate: f64,
+    /// 99th percentile round trip, ns.
+    pub(crate) p99_ns: f64,
+    /// Median round trip, ns.
+    pub(crate) median_ns: f64,
+}
+
+/// Everything one run of the harness measured.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// The machine.
+    pub(crate) machine: String,
+    /// The command that produced it.
+    pub(crate) command: String,
+    /// Ping-pong results.
+    pub(crate) pingpong: Vec<PingPong>,
+    /// Pipelined results.
+    pub(crate) pipelined: Vec<Pipelined>,
+    /// Streams at scale (shmlink, 64 B).
+    pub(crate) scale: Vec<Scale>,
+}
+
+/// A duration in the unit that suits it.
+pub(crate) fn time(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} us", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+/// A byte count as the tables write it.
+pub(crate) fn bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+impl Report {
+    fn find(&self, kind: Kind, size: usize) -> Option<&PingPong> {
+        self.pingpong
+            .iter()
+            .find(|p| p.kind == kind && p.size == size)
+    }
+
+    fn sizes(&self) -> Vec<usize> {
+        let mut s: Vec<usize> = self.pingpong.iter().map(|p| p.size).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    /// The ping-pong table (markdown).
+    pub(crate) fn pingpong_table(&self) -> String {
+        let mut t = String::from(
+            "| size | transport | median RTT | p99 RTT | MB/s | x unix socket | x busy-wait floor | CPU/RTT harness | CPU/RTT peer | allocs/RTT | RTTs |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for size in self.sizes() {
+            let unix = self.find(Kind::Unix, size).map(|p| p.median_ns);
+            let floor = self.find(Kind::SpinSlot, size).map(|p| p.median_ns);
+            for p in self.pingpong.iter().filter(|p| p.size == size) {
+                let ratio = |base: Option<f64>| {
+                    base.map_or("-".into(), |b| format!("{:.2}", p.median_ns / b))
+                };
+                let _ = writeln!(
+                    t,
+                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} |",
+                    bytes(size),
+                    p.kind.name(),
+                    if p.disturbed > 0 { " (disturbed)" } else { "" },
+                    time(p.median_ns),
+                    time(p.p99_ns),
+                    p.mbps(),
+                    ratio(unix),
+                    ratio(floor),
+                    time(p.cpu_ns[0]),
+                    time(p.cpu_ns[1]),
+                    p.allocs,
+                    p.iterations,
+                );
+            }
+        }
+        t
+    }
+
+    /// The pipelined table (markdown).
+    pub(crate) fn pipelined_table(&self) -> String {
+        let mut t = String::from(
+            "| size | transport | messages/s | x unix socket | wake-ups sent/msg | receiver reads/msg |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: |\n",
+        );
+        for p in &self.pipelined {
+            let unix = self
+                .pipelined
+                .iter()
+                .find(|u| u.kind == Kind::Unix && u.size == p.size)
+                .map(|u| u.rate);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} | {} | {} | {:.3} |",
+                bytes(p.size),
+                p.kind.name(),
+                p.rate,
+                unix.map_or("-".into(), |u| format!("{:.2}", p.rate / u)),
+                p.wakeups.map_or("n/a".into(), |w| format!("{w:.4}")),
+                p.reads,
+            );
+        }
+        t
+    }
+
+    /// The streams-at-scale table (markdown).
+    pub(crate) fn scale_table(&self) -> String {
+        let mut t = String::from(
+            "| streams | round trips/s (all streams) | x one stream | median RTT | p99 RTT |\n\
+             | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        let one = self.scale.iter().find(|s| s.streams == 1).map(|s| s.rate);
+        for s in &self.scale {
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {} | {} | {} |",
+                s.streams,
+                s.rate,
+                one.map_or("-".into(), |o| format!("{:.2}", s.rate / o)),
+                time(s.median_ns),
+                time(s.p99_ns),
+            );
+        }
+        t
+    }
+
+    /// One line per goal of the benchmark issue: met, or the measured shortfall.
+    pub(crate) fn verdicts(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let worst = |kind: Kind, base: Kind, sizes: &[usize]| -> Option<(f64, usize)> {
+            sizes
+                .iter()
+                .filter_map(|&s| {
+                    Some((
+                        self.find(kind, s)?.median_ns / self.find(base, s)?.median_ns,
+                        s,
+                    ))
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+        };
+        let mut goal = |name: &str, found: Option<(f64, usize)>, limit: f64| {
+            v.push(match found {
+                None => format!("- {name}: not measured in this run"),
+                Some((r, s)) if r <= limit => {
+                    format!("- {name}: **met** (worst {r:.2} x, at {})", bytes(s))
+                }
+                Some((r, s)) => format!(
+                    "- {name}: **shortfall**: {r:.2} x at {} (goal {limit} x)",
+                    bytes(s)
+                ),
+            });
+        };
+        goal(
+            "64 B to 4 KiB round trip in shmlink's default mode, at most 3 x the busy-wait floor",
+            worst(Kind::Shmlink, Kind::SpinSlot, &[64, 1024, 4096]),
+            3.0,
+        );
+        goal(
+            "A mode that never spins (Go's behaviour; today's blocking API), at most 1.1 x the futex-woken slot (64 B to 4 KiB)",
+            worst(Kind::Shmlink, Kind::FutexSlot, &[64, 1024, 4096]),
+            1.1,
+        );
+        goal(
+            "1 MiB and 4 MiB, at most 1.3 x the floor",
+            worst(Kind::Shmlink, Kind::SpinSlot, &[1 << 20, 4 << 20]),
+            1.3,
+        );
+        let pipe = |k: Kind| self.pipelined.iter().find(|p| p.kind == k && p.size == 64);
+        v.push(match (pipe(Kind::Shmlink), pipe(Kind::Unix)) {
+            (Some(s), Some(u)) => {
+                let ratio = s.rate / u.rate;
+                let w = s.wakeups.unwrap_or(f64::NAN);
+                let met = ratio >= 10.0 && w < 0.05;
+                format!(
+                    "- Pipelined 64 B one way, at least 10 x the unix-socket message rate with under 0.05 wake-ups per message: {} ({ratio:.2} x, {w:.4} wake-ups per message)",
+                    if met { "**met**" } else { "**shortfall**" }
+                )
+            }
+            _ => "- Pipelined 64 B: not measured in this run".into(),
+        });
+        let allocs = self
+            .pingpong
+            .iter()
+            .filter(|p| p.kind == Kind::Shmlink)
+            .map(|p| p.allocs)
+            .fold(0.0, f64::max);
+        v.push(format!(
+            "- Zero allocations per round trip: {} (shmlink-blocking, worst size: {allocs:.2} per round trip in the harness process)",
+            if allocs == 0.0 { "**met**" } else { "**shortfall**" }
+        ));
+        let rate = |n: usize| self.scale.iter().find(|s| s.streams == n).map(|s| s.rate);
+        v.push(match (rate(1), rate(1000)) {
+            (Some(one), Some(many)) => format!(
+                "- 1,000 streams keep at least 80 % of one stream's throughput: {} ({:.0} %)",
+                if many >= 0.8 * one {
+                    "**met**"
+                } else {
+                    "**shortfall**"
+                },
+                100.0 * many / one
+            ),
+            _ => "- 1,000 streams: not measured in this run".into(),
+        });
+        v
+    }
+
+    /// The whole report as markdown.
+    pub(crate) fn markdown(&self, plot: Option<&str>) -> String {
+        let mut m = String::new();
+        let _ = writeln!(m, "Machine: {}\n", self.machine);
+        let _ = writeln!(m, "Command: `{}`\n", self.command);
+        let _ = writeln!(m, "### Verdicts\n");
+        for line in self.verdicts() {
+            let _ = writeln!(m, "{line}");
+        }
+        let _ = writeln!(
+            m,
+            "\n### Ping-pong, one stream, request and reply of N bytes\n"
+        );
+        m.push_str(&self.pingpong_table());
+        if let Some(plot) = plot {
+            let _ = writeln!(m, "\n![round-trip latency against payload size]({plot})\n");
+        }
+        if !self.pipelined.is_empty() {
+            let _ = writeln!(m, "\n### Pipelined one-way throughput\n");
+            m.push_str(&self.pipelined_table());
+        }
+        if !self.scale.is_empty() {
+            let _ = writeln!(
+                m,
+                "\n### Streams at scale (shmlink-blocking, 64 B ping-pong on every stream of one session)\n"
+            );
+            m.push_str(&self.scale_table());
+        }
+        m
+    }
+
+    /// Median round trip against size, log-log, one line per transport (SVG).
+    pub(crate) fn plot(&self, path: &Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let sizes = self.sizes();
+        let (Some(&min_size), Some(&max_size)) = (sizes.first(), sizes.last()) else {
+            return Err("nothing to plot".into());
+        };
+        let lo = self
+            .pingpong
+            .iter()
+            .map(|p| p.median_ns)
+            .fold(f64::MAX, f64::min)
+            / 1e3;
+        let hi = self
+            .pingpong
+            .iter()
+            .map(|p| p.median_ns)
+            .fold(0.0, f64::max)
+            / 1e3;
+        let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Round trip (median) against payload size",
+                ("sans-serif", 22),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                (min_size as f64 * 0.8..max_size as f64 * 1.25).log_scale(),
+                (lo * 0.7..hi * 1.4).log_scale(),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("payload bytes each way")
+            .y_desc("round trip, microseconds")
+            .x_label_formatter(&|x| bytes(*x as usize))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let points: Vec<(f64, f64)> = self
+                .pingpong
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| (p.size as f64, p.median_ns / 1e3))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(kind.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    }
+}
