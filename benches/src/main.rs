@@ -538,6 +538,12 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
     let mut md = report.markdown(Some(&plot_ref));
     if write {
         md = format!("{}\n{md}", benchmarks_preamble());
+        // The criterion numbers of core's pieces, kept by hand next to the harness (see the
+        // file for the command that produced them).
+        let criterion = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("criterion.md");
+        if let Ok(extra) = std::fs::read_to_string(criterion) {
+            md = format!("{md}\n{extra}");
+        }
     }
     let md_path = dir.join(md_name);
     std::fs::write(&md_path, md).map_err(|e| e.to_string())?;

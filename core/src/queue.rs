@@ -260,6 +260,13 @@ pub enum QueueError {
         /// What was wrong.
         what: &'static str,
     },
+    /// The element was pushed (the tail is raised, the peer will see it), but the working
+    /// flag held a value no correct peer writes, so whether to wake the peer is unknown. The
+    /// queue cannot be trusted any more; the element's data is the peer's now.
+    FlagCorruptedAfterPush {
+        /// The value found.
+        value: u32,
+    },
     /// With this capacity an 8-byte counter of the second queue would straddle a 64-byte
     /// cache line, where x86 does not make plain loads atomic (and a locked add is a split
     /// lock). Capacities that are multiples of 16 are always fine.
@@ -283,6 +290,10 @@ impl fmt::Display for QueueError {
                 )
             }
             Self::Misaligned { what } => write!(f, "queue region misaligned: {what}"),
+            Self::FlagCorruptedAfterPush { value } => write!(
+                f,
+                "io queue working flag corrupted ({value}) after an element was pushed"
+            ),
             Self::CounterStraddlesCacheLine { cap } => write!(
                 f,
                 "queue capacity {cap} puts a head/tail counter across a cache line; \
@@ -613,7 +624,8 @@ impl<'a> Producer<'a> {
     /// Pushes `element` and runs the producer half of the working-flag handshake.
     ///
     /// Returns [`Wake::NotifyPeer`] when the caller must send a Polling frame, or
-    /// [`QueueError::Full`] when `cap` elements are pending (nothing is written then).
+    /// [`QueueError::Full`] when `cap` elements are pending (nothing is written then). Every
+    /// error but [`QueueError::FlagCorruptedAfterPush`] means nothing was pushed.
     pub fn push(&self, element: Element) -> Result<Wake, QueueError> {
         {
             let _guard = lock(&self.lock);
@@ -646,10 +658,7 @@ impl<'a> Producer<'a> {
         {
             Ok(_) => Ok(Wake::NotifyPeer),
             Err(1) => Ok(Wake::PeerAwake),
-            Err(other) => Err(QueueError::Corrupted {
-                field: "working flag",
-                value: i64::from(other),
-            }),
+            Err(value) => Err(QueueError::FlagCorruptedAfterPush { value }),
         }
     }
 }

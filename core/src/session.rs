@@ -171,9 +171,12 @@ struct Entry {
 ///
 /// A Go peer never answers a close with one of its own (closing from half-closed sends
 /// nothing), so an id we closed first is kept until the peer closes it too or until this many
-/// later closes have pushed it out. Data the peer sent before it saw our close is at most a
-/// queue's worth of elements behind it, long before that.
-pub const CLOSED_IDS_REMEMBERED: usize = 4096;
+/// later closes have pushed it out (a few hundred KiB at most). Data the peer queued before it
+/// saw our close sits in the queue (8,192 elements by default) or in fallback frames already
+/// on the socket; an id pushed out only after twice a default queue of later closes can still,
+/// in principle, see late fallback data open a new stream. That residue is the price of a
+/// bounded table.
+pub const CLOSED_IDS_REMEMBERED: usize = 16_384;
 
 /// One session's bookkeeping.
 #[derive(Debug)]

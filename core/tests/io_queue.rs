@@ -221,3 +221,18 @@ fn two_producer_threads_and_a_consumer_thread_lose_and_reorder_nothing() {
     });
     assert_eq!(producer.queue().stats().tail, i64::from(2 * PER_PRODUCER));
 }
+
+/// Review finding: a working flag the peer corrupted is noticed only after the tail was
+/// raised; the error must say the element is in the queue (its slices are the peer's now).
+#[test]
+fn a_corrupt_flag_after_the_push_says_the_element_was_pushed() {
+    let mapping = Mapping::zeroed(queue::region_size(16));
+    let pair = queue::format_region(mapping.region(), 16).unwrap();
+    let (producer, mut consumer) = pair.send.split();
+    mapping.poke(20, &7u32.to_le_bytes());
+    assert_eq!(
+        producer.push(data(2, 1)),
+        Err(QueueError::FlagCorruptedAfterPush { value: 7 })
+    );
+    assert_eq!(consumer.pop().unwrap(), Some(data(2, 1)), "it was pushed");
+}

@@ -20,7 +20,7 @@ use shmlink_linux::region::{PeerFilePolicy, SharedRegion};
 use shmlink_linux::socket::{Conn, Peer, TransportError};
 
 use crate::error::CloseReason;
-use crate::shm::Shm;
+use crate::shm::{SharedBuffer, Shm};
 use crate::stream::{Stream, StreamShared};
 use crate::{Config, Error};
 
@@ -88,7 +88,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// several sessions announces the same path for all of them.
 /// The key includes the peer's uid, so one user can never name another user's buffer path
 /// and be handed that user's mapping.
-type Registry = HashMap<(u32, Vec<u8>), Weak<SharedRegion>>;
+type Registry = HashMap<(u32, Vec<u8>), Weak<SharedBuffer>>;
 
 fn buffer_registry() -> &'static Mutex<Registry> {
     static REGISTRY: std::sync::OnceLock<Mutex<Registry>> = std::sync::OnceLock::new();
@@ -447,6 +447,7 @@ fn map_client_regions(
                     SharedRegion::open_peer_file(Path::new(OsStr::from_bytes(buffer_path)), policy)?
                 }
             };
+            let region = SharedBuffer::mapped(region)?;
             let region = Arc::new(region);
             registry.insert(key, Arc::downgrade(&region));
             region
@@ -541,6 +542,14 @@ impl Inner {
                 Err(QueueError::Full { .. }) => {
                     lock(&self.state).core.metrics_mut().queue_full_error_count += 1;
                     return Err(Error::QueueFull);
+                }
+                // Pushed: the element (and its slices) are the peer's, even though the
+                // session cannot go on.
+                Err(e @ QueueError::FlagCorruptedAfterPush { .. }) => {
+                    let reason = CloseReason::Violation(format!("send queue corrupted: {e}"));
+                    let error = reason.error();
+                    self.shutdown(reason);
+                    return Ok(Err(error));
                 }
                 Err(e) => {
                     let reason = CloseReason::Violation(format!("send queue corrupted: {e}"));

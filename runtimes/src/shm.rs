@@ -5,12 +5,46 @@
 
 use std::sync::{Arc, Mutex};
 
-use shmlink_core::buffer::{self, BufferManager, Role};
+use shmlink_core::buffer::{self, BufferManager, LedgerWord, Role};
 use shmlink_core::queue::{self, Consumer, Producer, QueuePair, Side};
 use shmlink_core::region::Region;
 use shmlink_linux::region::SharedRegion;
 
 use crate::Error;
+
+/// A buffer region and this process's ownership ledger of its slices. A server maps one
+/// buffer region once per client path and shares it between that client's sessions, so the
+/// ledger is the region's, not a session's: a slice one session holds is held for all.
+pub(crate) struct SharedBuffer {
+    region: SharedRegion,
+    ledger: Box<[LedgerWord]>,
+}
+
+impl SharedBuffer {
+    /// A region we just created and will format with `classes`.
+    pub(crate) fn created(
+        region: SharedRegion,
+        classes: &[buffer::SizeClass],
+    ) -> Result<Self, Error> {
+        let (plans, _) = buffer::plan(region.len() as u64, classes)?;
+        let slices = plans.iter().map(|p| p.count).sum();
+        Ok(Self::with_ledger(region, slices))
+    }
+
+    /// A region the peer formatted: validated once here to size the ledger (and again by
+    /// every session that attaches).
+    pub(crate) fn mapped(region: SharedRegion) -> Result<Self, Error> {
+        let slices = buffer::attach(region.region(), Role::Mapper)?.total_slices();
+        Ok(Self::with_ledger(region, slices))
+    }
+
+    fn with_ledger(region: SharedRegion, slices: u32) -> Self {
+        let ledger = (0..buffer::ledger_words(slices))
+            .map(|_| LedgerWord::default())
+            .collect();
+        Self { region, ledger }
+    }
+}
 
 /// Views first, mappings last: fields drop in declaration order, so the views are gone
 /// before the memory they point into is unmapped.
@@ -20,7 +54,7 @@ pub(crate) struct Shm {
     pub(crate) recv: Mutex<Consumer<'static>>,
     buffer_region: Region<'static>,
     queue_mapping: SharedRegion,
-    buffer_mapping: Arc<SharedRegion>,
+    buffer_mapping: Arc<SharedBuffer>,
 }
 
 /// A region borrowed for as long as the `Shm` that owns its mapping.
@@ -33,6 +67,15 @@ fn unbounded(region: &SharedRegion) -> Region<'static> {
     unsafe { Region::from_raw(view.as_ptr(), view.len()) }
 }
 
+/// The ledger borrowed for as long as the `Shm` that holds (the Arc of) its `SharedBuffer`.
+fn unbounded_ledger(buffer: &SharedBuffer) -> &'static [LedgerWord] {
+    let words: *const [LedgerWord] = &*buffer.ledger;
+    // SAFETY: the boxed slice never moves or shrinks while its SharedBuffer lives, and every
+    // borrow made here is stored in the same Shm as the Arc<SharedBuffer>, in a field declared
+    // earlier (the BufferManager), so it is dropped first.
+    unsafe { &*words }
+}
+
 impl Shm {
     /// The client's side: formats both freshly created regions.
     pub(crate) fn create(
@@ -41,10 +84,11 @@ impl Shm {
         queue_cap: u32,
         classes: &[buffer::SizeClass],
     ) -> Result<Self, Error> {
-        Self::build(queue_mapping, Arc::new(buffer_mapping), |queue, buffer| {
+        let buffer = Arc::new(SharedBuffer::created(buffer_mapping, classes)?);
+        Self::build(queue_mapping, buffer, |queue, region, ledger| {
             Ok((
                 queue::format_region(queue, queue_cap)?,
-                buffer::format(buffer, classes)?,
+                buffer::format_in(region, classes, ledger)?,
             ))
         })
     }
@@ -52,26 +96,28 @@ impl Shm {
     /// The server's side: validates and attaches to the client's regions.
     pub(crate) fn attach(
         queue_mapping: SharedRegion,
-        buffer_mapping: Arc<SharedRegion>,
+        buffer_mapping: Arc<SharedBuffer>,
     ) -> Result<Self, Error> {
-        Self::build(queue_mapping, buffer_mapping, |queue, buffer| {
+        Self::build(queue_mapping, buffer_mapping, |queue, region, ledger| {
             Ok((
                 queue::attach_region(queue, Side::Server)?,
-                buffer::attach(buffer, Role::Mapper)?,
+                buffer::attach_in(region, Role::Mapper, ledger)?,
             ))
         })
     }
 
     fn build(
         queue_mapping: SharedRegion,
-        buffer_mapping: Arc<SharedRegion>,
+        buffer_mapping: Arc<SharedBuffer>,
         views: impl FnOnce(
             Region<'static>,
             Region<'static>,
+            &'static [LedgerWord],
         ) -> Result<(QueuePair<'static>, BufferManager<'static>), Error>,
     ) -> Result<Self, Error> {
-        let buffer_region = unbounded(&buffer_mapping);
-        let (pair, buffers) = views(unbounded(&queue_mapping), buffer_region)?;
+        let buffer_region = unbounded(&buffer_mapping.region);
+        let ledger = unbounded_ledger(&buffer_mapping);
+        let (pair, buffers) = views(unbounded(&queue_mapping), buffer_region, ledger)?;
         let (send, recv) = pair.into_roles();
         Ok(Self {
             buffers,
@@ -90,7 +136,7 @@ impl Shm {
 
     /// The buffer region's mapping.
     pub(crate) fn buffer_mapping(&self) -> &SharedRegion {
-        &self.buffer_mapping
+        &self.buffer_mapping.region
     }
 
     /// The `len` payload bytes at absolute offset `data` of the buffer region.

@@ -20,7 +20,6 @@ use shmlink_core::buffer::{BufferError, Segment};
 use shmlink_core::frame::{Frame, Message};
 use shmlink_core::queue::Element;
 use shmlink_core::session::{Piece, ReceiveBuffer, Route};
-use shmlink_core::slice::SLICE_HEADER_SIZE;
 
 use crate::Error;
 use crate::error::CloseReason;
@@ -142,41 +141,23 @@ impl Stream {
         let kind = match self.route()? {
             Route::Fallback => Reserved::Heap(vec![0; n]),
             Route::Queue if n == 0 => Reserved::Heap(Vec::new()),
-            Route::Queue => match self.inner.shm.buffers.alloc(n as u64) {
-                Ok(chain) => {
-                    let buffers = &self.inner.shm.buffers;
-                    let mut slices = Vec::with_capacity(chain.count() as usize);
-                    let mut left = n as u64;
-                    // Our own chain, read back from the links we just wrote and checked
-                    // against the ownership ledger.
-                    for slice in buffers.own_chain(&chain) {
-                        let (slice, cap) = match slice {
-                            Ok(found) => found,
-                            Err(e) => {
-                                let _ = buffers.free_chain(&chain);
-                                return Err(e.into());
-                            }
-                        };
-                        let usable = u64::from(cap).min(left) as u32;
-                        left -= u64::from(usable);
-                        slices.push(Slice {
-                            slice,
-                            data: slice + SLICE_HEADER_SIZE as u32,
-                            len: usable,
-                        });
+            Route::Queue => {
+                let mut taken = Vec::new();
+                // The slices as this process took them, kept in process memory: never read
+                // back from links in shared memory, which the peer could rewrite.
+                match self.inner.shm.buffers.alloc_into(n as u64, &mut taken) {
+                    Ok(_) => Reserved::Shm(taken),
+                    Err(BufferError::NoMoreBuffer { .. }) => {
+                        self.inner
+                            .lock_state()
+                            .core
+                            .metrics_mut()
+                            .alloc_shm_error_count += 1;
+                        Reserved::Heap(vec![0; n])
                     }
-                    Reserved::Shm(slices)
+                    Err(e) => return Err(e.into()),
                 }
-                Err(BufferError::NoMoreBuffer { .. }) => {
-                    self.inner
-                        .lock_state()
-                        .core
-                        .metrics_mut()
-                        .alloc_shm_error_count += 1;
-                    Reserved::Heap(vec![0; n])
-                }
-                Err(e) => return Err(e.into()),
-            },
+            }
         };
         Ok(Reservation {
             stream: self,
@@ -273,42 +254,48 @@ impl Stream {
         self.inner.close_stream(self.id());
     }
 
-    fn publish(&self, slices: &[Slice], written: usize) -> Result<(), Error> {
+    fn publish(&self, slices: &[u32], written: usize) -> Result<(), Error> {
         let buffers = &self.inner.shm.buffers;
-        let mut left = written;
         let mut used = 0;
-        for s in slices {
-            if left == 0 {
-                break;
+        let prepared = (|| {
+            for piece in pieces(buffers, slices, written) {
+                buffers.set_len(piece.slice, piece.len)?;
+                used += 1;
             }
-            let take = (s.len as usize).min(left);
-            buffers.set_len(s.slice, take as u32)?;
-            left -= take;
-            used += 1;
+            // Never send empty slices: cut the chain after the last one used.
+            buffers.end_chain_at(slices[used - 1])?;
+            // From the push on the slices are the peer's: give up our claim first, so that a
+            // peer quick enough to recycle and send one back finds it not ours.
+            for (k, &slice) in slices[..used].iter().enumerate() {
+                if let Err(e) = buffers.hand_over(slice) {
+                    for &back in &slices[..k] {
+                        let _ = buffers.take_back(back);
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            // Nothing was announced: every slice is still ours to recycle.
+            for &slice in slices {
+                let _ = buffers.recycle(slice);
+            }
+            return Err(e.into());
         }
-        // Never send empty slices: cut the chain after the last one used, recycle the rest.
-        buffers.end_chain_at(slices[used - 1].slice)?;
-        for s in &slices[used..] {
-            buffers.recycle(s.slice)?;
+        for &slice in &slices[used..] {
+            let _ = buffers.recycle(slice);
         }
-        // From the push on the slices are the peer's: give up our claim first, so that a
-        // peer quick enough to recycle and send one back finds it not ours.
-        for s in &slices[..used] {
-            buffers.hand_over(s.slice)?;
-        }
-        match self
-            .inner
-            .push_element(Element::data(self.id(), slices[0].slice))
-        {
+        match self.inner.push_element(Element::data(self.id(), slices[0])) {
             Ok(Ok(())) => {}
             // Pushed, but the wake-up failed and the session is closing: the slices are the
             // peer's now, whatever it does with them.
             Ok(Err(e)) => return Err(e),
             Err(e) => {
                 // Nothing reached the peer: the slices are still ours to recycle.
-                for s in &slices[..used] {
-                    if buffers.take_back(s.slice).is_ok() {
-                        let _ = buffers.recycle(s.slice);
+                for &slice in &slices[..used] {
+                    if buffers.take_back(slice).is_ok() {
+                        let _ = buffers.recycle(slice);
                     }
                 }
                 return Err(e);
@@ -372,14 +359,36 @@ impl io::Write for Stream {
     }
 }
 
+/// One slice of a reservation: its header, its data and how many of its bytes are reserved.
 struct Slice {
     slice: u32,
     data: u32,
     len: u32,
 }
 
+/// The pieces of a reservation of `len` bytes over `slices` (ours, in chain order): every
+/// slice full but the last.
+fn pieces<'b>(
+    buffers: &'b shmlink_core::buffer::BufferManager<'_>,
+    slices: &'b [u32],
+    len: usize,
+) -> impl Iterator<Item = Slice> + 'b {
+    let mut left = len as u64;
+    slices.iter().map_while(move |&slice| {
+        let (data, cap) = buffers.data_area(slice).ok()?;
+        let take = u64::from(cap).min(left) as u32;
+        left -= u64::from(take);
+        (take > 0).then_some(Slice {
+            slice,
+            data,
+            len: take,
+        })
+    })
+}
+
 enum Reserved {
-    Shm(Vec<Slice>),
+    /// Slices of shared memory, as allocated (absolute offsets, chain order).
+    Shm(Vec<u32>),
     Heap(Vec<u8>),
 }
 
@@ -432,8 +441,7 @@ impl Reservation<'_> {
     pub fn chunks_mut(&mut self) -> Vec<&mut [u8]> {
         match &mut self.kind {
             Reserved::Heap(v) => vec![v.as_mut_slice()],
-            Reserved::Shm(slices) => slices
-                .iter()
+            Reserved::Shm(slices) => pieces(&self.stream.inner.shm.buffers, slices, self.len)
                 // SAFETY: each slice was allocated by us for this reservation and is neither
                 // published nor recycled while `self` is mutably borrowed; the pieces are
                 // disjoint slices.
@@ -491,9 +499,8 @@ impl Reservation<'_> {
             (Route::Queue, Reserved::Shm(slices)) => stream.publish(&slices, written),
             (Route::Fallback, Reserved::Shm(slices)) => {
                 let mut bytes = Vec::with_capacity(written);
-                for s in &slices {
-                    let take = (s.len as usize).min(written - bytes.len());
-                    bytes.extend_from_slice(stream.inner.shm.bytes(s.data, take as u32));
+                for s in pieces(&stream.inner.shm.buffers, &slices, written) {
+                    bytes.extend_from_slice(stream.inner.shm.bytes(s.data, s.len));
                 }
                 release(stream, &Reserved::Shm(slices));
                 stream.send_fallback(&bytes)
@@ -505,8 +512,8 @@ impl Reservation<'_> {
 
 fn release(stream: &Stream, kind: &Reserved) {
     if let Reserved::Shm(slices) = kind {
-        for s in slices {
-            let _ = stream.inner.shm.buffers.recycle(s.slice);
+        for &slice in slices {
+            let _ = stream.inner.shm.buffers.recycle(slice);
         }
     }
 }

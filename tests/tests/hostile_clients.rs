@@ -102,7 +102,9 @@ fn hostile_and_silent_clients_cost_only_their_own_connection() {
         "{texts:?}"
     );
     assert!(
-        texts.iter().any(|t| t.contains("queue region")),
+        texts
+            .iter()
+            .any(|t| t.contains("queue region") || t.contains("buffer region")),
         "{texts:?}"
     );
     let me = format!("pid {}", std::process::id());
@@ -282,4 +284,118 @@ fn a_fallback_frame_above_the_receivers_limit_closes_the_session_naming_it() {
     assert!(matches!(reason, Error::ProtocolViolation(_)), "{reason}");
     assert!(reason.to_string().contains("1048576"), "{reason}");
     drop(client.join().unwrap());
+}
+
+/// A raw V3 memfd client: runs the client handshake by hand with regions it formatted
+/// itself, so that it can announce one buffer region in two sessions (as Go's clients do
+/// for every session of a process) and then misbehave across them.
+fn raw_memfd_session(
+    path: &std::path::Path,
+    queue: &SharedRegion,
+    buffer: &SharedRegion,
+    buffer_name: &str,
+) -> Conn {
+    use shmlink_core::handshake::{ClientHandshake, Input, MemMode as Mode, Output};
+    let conn = Conn::connect_unix(path).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let queue_name = format!("{}_queue", unique("raw"));
+    let mut hs = ClientHandshake::new(Mode::Memfd, queue_name.as_bytes(), buffer_name.as_bytes());
+    let mut out = hs.start().unwrap();
+    let mut buf = Vec::new();
+    loop {
+        out = match out {
+            Output::Send(bytes) => {
+                conn.send(&bytes, "send").unwrap();
+                hs.step(Input::Sent).unwrap()
+            }
+            Output::ReadFrame => {
+                conn.read_frame(&mut buf, "read").unwrap();
+                let Ok(Decoded::Frame(frame, _)) = Frame::decode(&buf) else {
+                    panic!("bad frame from the server")
+                };
+                hs.step(Input::Frame(frame)).unwrap()
+            }
+            Output::SendFds => {
+                conn.send_fds(buffer.fd(), queue.fd()).unwrap();
+                hs.step(Input::Sent).unwrap()
+            }
+            Output::Done { .. } => return conn,
+            other => panic!("unexpected client step {other:?}"),
+        };
+    }
+}
+
+/// Review finding: a server maps one client buffer region once and shares it between that
+/// client's sessions, so the ownership ledger must be the region's. A chain delivered in one
+/// session and announced again in another must be refused there, not given a second owner.
+#[test]
+fn a_chain_announced_again_in_another_session_of_the_same_region_is_refused() {
+    use shmlink_core::buffer::{self, DEFAULT_SIZE_CLASSES};
+    use shmlink_core::queue::{self, Element, Wake};
+    let path = sock("shared-ledger");
+    let listener = Listener::bind(&path, Config::default()).unwrap();
+    let buffer_name = format!("{}_buffer", unique("raw"));
+    let buffer = SharedRegion::create_memfd(&buffer_name, 1 << 20).unwrap();
+    let manager = buffer::format(
+        buffer.region(),
+        &DEFAULT_SIZE_CLASSES[..1]
+            .iter()
+            .map(|c| shmlink_core::buffer::SizeClass {
+                size: c.size,
+                percent: 100,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let queues: Vec<SharedRegion> = (0..2)
+        .map(|i| {
+            let q = SharedRegion::create_memfd(&format!("q{i}"), queue::region_size(16)).unwrap();
+            queue::format_region(q.region(), 16).unwrap();
+            q
+        })
+        .collect();
+    let conns: Vec<Conn> = queues
+        .iter()
+        .map(|q| raw_memfd_session(&path, q, &buffer, &buffer_name))
+        .collect();
+    let a = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    let b = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+
+    // One slice with a payload, announced to session A, then (hostile) to session B.
+    let slice = manager.alloc(5).unwrap().first();
+    manager.set_len(slice, 5).unwrap();
+    manager.hand_over(slice).unwrap();
+    let polling = encode(3, Message::Polling);
+    let announce = |i: usize| {
+        let pair =
+            queue::attach_region(queues[i].region(), shmlink_core::queue::Side::Client).unwrap();
+        let (producer, _) = pair.into_roles();
+        if producer.push(Element::data(2, slice)).unwrap() == Wake::NotifyPeer {
+            conns[i].send(&polling, "send").unwrap();
+        }
+    };
+    announce(0);
+    let mut stream = a.accept_stream(Some(Duration::from_secs(10))).unwrap();
+    let view = stream.read_view().unwrap().unwrap();
+    assert_eq!(view.len(), 5);
+    announce(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "session B accepted a slice session A holds"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reason = b.close_reason().unwrap().to_string();
+    assert!(
+        reason.contains(&slice.to_string()) && reason.contains("received it"),
+        "{reason}"
+    );
+    assert!(
+        matches!(b.accept_stream(Some(Duration::from_millis(10))), Err(e) if e.is_session_closed())
+    );
+    drop(view);
+    assert!(!a.is_closed(), "session A is not affected");
 }

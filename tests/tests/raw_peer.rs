@@ -296,3 +296,33 @@ fn errors_name_their_cause_once_with_a_matching_io_kind() {
     session.close();
     assert!(matches!(session.close_reason(), Some(Error::PeerClosed)));
 }
+
+/// Review finding: when the push succeeds but the working flag is corrupt, the slices are
+/// already announced; the client must not take them back and recycle them (the peer will).
+#[test]
+fn a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer() {
+    let (raw, session) = setup(Config::default());
+    let stream = session.open_stream().unwrap();
+    // The client-to-server queue is the first half; its working flag is at byte 20.
+    let flag = raw.queue.region().sub(20, 4).unwrap();
+    // SAFETY: a 4-aligned word of the live queue mapping; the raw server plays a peer that
+    // scribbles on it.
+    unsafe { std::ptr::write_volatile(flag.as_ptr().as_ptr().cast::<u32>(), 7) };
+    let err = stream.send(b"announced").unwrap_err();
+    assert!(matches!(err, Error::ProtocolViolation(_)), "{err}");
+    assert!(session.is_closed());
+    // SAFETY: as above; restore a valid flag so the raw server can attach and look.
+    unsafe { std::ptr::write_volatile(flag.as_ptr().as_ptr().cast::<u32>(), 1) };
+    let pair = queue::attach_region(raw.queue.region(), Side::Server).unwrap();
+    let (_, mut consumer) = pair.into_roles();
+    let element = consumer
+        .pop()
+        .unwrap()
+        .expect("the element is in the queue");
+    assert_eq!(element.stream_id, stream.id());
+    assert_eq!(
+        session.shared_memory_usage().1,
+        8172,
+        "the announced slice stays allocated for the peer to recycle"
+    );
+}

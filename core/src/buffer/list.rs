@@ -390,10 +390,13 @@ impl<'a> BufferList<'a> {
                     self.counter.fetch_add(1, Ordering::Relaxed);
                     return Ok(Some(self.base + head));
                 }
-            } else if h.size.load(Ordering::SeqCst) <= 1 {
+            } else {
+                bad_reads = 0;
                 // SYNC: SeqCst read like Go's plain read; a stale value only makes us fail early.
-                self.undo_pop();
-                return Ok(None);
+                if h.size.load(Ordering::SeqCst) <= 1 {
+                    self.undo_pop();
+                    return Ok(None);
+                }
             }
             spin_hint();
             // SYNC: SeqCst; pairs with the head CAS of other poppers.

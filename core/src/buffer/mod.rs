@@ -375,7 +375,10 @@ pub fn format<'a>(
 }
 
 /// [`format`] with the ownership ledger in `ledger` (at least [`ledger_words`] of the total
-/// slice count), for builds without a heap.
+/// slice count, all zero), for builds without a heap or for a ledger shared by several
+/// managers of one region. The ledger belongs to the region: every manager of one region in
+/// this process must use the same ledger, and a region's ledger must never be reused for
+/// another region.
 #[cfg(not(loom))]
 pub fn format_in<'a>(
     region: Region<'a>,
@@ -424,8 +427,11 @@ pub fn attach(region: Region<'_>, role: Role) -> Result<BufferManager<'_>, Buffe
     BufferManager::new(lists, len, None)
 }
 
-/// [`attach`] with the ownership ledger in `ledger`, for builds without a heap; a ledger too
-/// small for the slices the region holds is an error naming the size needed.
+/// [`attach`] with the ownership ledger in `ledger`, for builds without a heap, or to share
+/// one ledger between the managers of one region (a server that maps one client's buffer
+/// region for several sessions must, or a slice one session holds would look free to the
+/// others). A ledger too small for the slices the region holds is an error. The ledger
+/// belongs to the region, as for [`format_in`].
 #[cfg(not(loom))]
 pub fn attach_in<'a>(
     region: Region<'a>,
@@ -812,9 +818,36 @@ impl<'a> BufferManager<'a> {
     /// in use with length 0 and recorded as ours, being written. If shared memory cannot
     /// cover `n`, everything taken is returned and the result is
     /// [`BufferError::NoMoreBuffer`].
+    ///
+    /// Without a list of the slices in process memory, a failed allocation and
+    /// [`own_chain`](Self::own_chain) follow the links written into shared memory, which a
+    /// hostile peer can rewrite to name another of our chains. Where there is a heap, use
+    /// [`alloc_into`](Self::alloc_into), which never reads links back.
     pub fn alloc(&self, n: u64) -> Result<SliceChain, BufferError> {
+        self.alloc_recording(n, &mut FollowLinks)
+    }
+
+    /// [`alloc`](Self::alloc), also leaving the slices' absolute offsets, in chain order, in
+    /// `slices` (cleared first): the list of what this call took, kept in process memory, so
+    /// neither the failure path nor the caller ever follows a link the peer could rewrite.
+    #[cfg(feature = "alloc")]
+    pub fn alloc_into(
+        &self,
+        n: u64,
+        slices: &mut alloc::vec::Vec<u32>,
+    ) -> Result<SliceChain, BufferError> {
+        slices.clear();
+        self.alloc_recording(n, slices)
+    }
+
+    fn alloc_recording(
+        &self,
+        n: u64,
+        record: &mut impl Recorder,
+    ) -> Result<SliceChain, BufferError> {
         for list in self.lists.iter().filter(|l| u64::from(l.slice_size()) >= n) {
             if let Some(abs) = self.pop_owned(list)? {
+                record.taken(abs);
                 return Ok(SliceChain {
                     first: abs,
                     last: abs,
@@ -824,21 +857,17 @@ impl<'a> BufferManager<'a> {
             }
         }
         let mut chain: Option<SliceChain> = None;
-        let give_back = |chain: Option<SliceChain>| {
-            if let Some(c) = chain {
-                let _ = self.free_chain(&c);
-            }
-        };
         for list in self.lists.iter().rev() {
             while chain.map_or(0, |c| c.capacity) < n {
                 let abs = match self.pop_owned(list) {
                     Ok(Some(abs)) => abs,
                     Ok(None) => break,
                     Err(e) => {
-                        give_back(chain);
+                        record.give_back(self, chain);
                         return Err(e);
                     }
                 };
+                record.taken(abs);
                 chain = Some(match chain {
                     None => SliceChain {
                         first: abs,
@@ -848,7 +877,8 @@ impl<'a> BufferManager<'a> {
                     },
                     Some(c) => {
                         if let Err(e) = self.link(c.last, abs) {
-                            give_back(Some(c));
+                            record.give_back(self, Some(c));
+                            // Not on the chain yet (already given back if recorded).
                             let _ = self.recycle(abs);
                             return Err(e);
                         }
@@ -865,7 +895,7 @@ impl<'a> BufferManager<'a> {
         match chain {
             Some(c) if c.capacity >= n => Ok(c),
             Some(c) => {
-                self.free_chain(&c)?;
+                record.give_back(self, Some(c));
                 Err(BufferError::NoMoreBuffer { requested: n })
             }
             None => Err(BufferError::NoMoreBuffer { requested: n }),
@@ -1055,6 +1085,38 @@ impl<'a> BufferManager<'a> {
     /// Byte length of the region this manager covers.
     pub fn region_len(&self) -> u32 {
         self.region_len
+    }
+}
+
+/// Where an allocation in progress keeps track of what it took, to give it back on failure.
+trait Recorder {
+    fn taken(&mut self, abs: u32);
+    fn give_back(&mut self, manager: &BufferManager<'_>, chain: Option<SliceChain>);
+}
+
+/// No storage: give back by following our own links (see [`BufferManager::alloc`]).
+struct FollowLinks;
+
+impl Recorder for FollowLinks {
+    fn taken(&mut self, _: u32) {}
+
+    fn give_back(&mut self, manager: &BufferManager<'_>, chain: Option<SliceChain>) {
+        if let Some(c) = chain {
+            let _ = manager.free_chain(&c);
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Recorder for alloc::vec::Vec<u32> {
+    fn taken(&mut self, abs: u32) {
+        self.push(abs);
+    }
+
+    fn give_back(&mut self, manager: &BufferManager<'_>, _: Option<SliceChain>) {
+        for abs in self.drain(..) {
+            let _ = manager.recycle(abs);
+        }
     }
 }
 
