@@ -142,10 +142,13 @@ impl Stream {
             Route::Fallback => Reserved::Heap(vec![0; n]),
             Route::Queue if n == 0 => Reserved::Heap(Vec::new()),
             Route::Queue => {
-                let mut taken = Vec::new();
+                let buffers = &self.inner.shm.buffers;
+                // One allocation: enough room for the chain Go's policy builds for `n`.
+                let max = u64::from(buffers.max_slice_size().max(1));
+                let mut taken = Vec::with_capacity((n as u64 / max + 2).min(4096) as usize);
                 // The slices as this process took them, kept in process memory: never read
                 // back from links in shared memory, which the peer could rewrite.
-                match self.inner.shm.buffers.alloc_into(n as u64, &mut taken) {
+                match buffers.alloc_into(n as u64, &mut taken) {
                     Ok(_) => Reserved::Shm(taken),
                     Err(BufferError::NoMoreBuffer { .. }) => {
                         self.inner
@@ -441,12 +444,17 @@ impl Reservation<'_> {
     pub fn chunks_mut(&mut self) -> Vec<&mut [u8]> {
         match &mut self.kind {
             Reserved::Heap(v) => vec![v.as_mut_slice()],
-            Reserved::Shm(slices) => pieces(&self.stream.inner.shm.buffers, slices, self.len)
-                // SAFETY: each slice was allocated by us for this reservation and is neither
-                // published nor recycled while `self` is mutably borrowed; the pieces are
-                // disjoint slices.
-                .map(|s| unsafe { self.stream.inner.shm.bytes_mut(s.data, s.len) })
-                .collect(),
+            Reserved::Shm(slices) => {
+                let mut out = Vec::with_capacity(slices.len());
+                out.extend(
+                    pieces(&self.stream.inner.shm.buffers, slices, self.len)
+                        // SAFETY: each slice was allocated by us for this reservation and is
+                        // neither published nor recycled while `self` is mutably borrowed;
+                        // the pieces are disjoint slices.
+                        .map(|s| unsafe { self.stream.inner.shm.bytes_mut(s.data, s.len) }),
+                );
+                out
+            }
         }
     }
 
