@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Mapping;
+use common::{Mapping, peer_sends};
 use shmlink_core::buffer::{self, BufferError, BufferManager, Role, SizeClass};
 use shmlink_core::queue::{Element, ElementSlot, Queue, QueueError, QueueHeader, Side};
 use shmlink_core::session::{Delivery, Session};
@@ -28,24 +28,6 @@ fn ours(mapping: &Mapping) -> BufferManager<'_> {
 /// The peer's manager over the same memory.
 fn theirs(mapping: &Mapping) -> BufferManager<'_> {
     buffer::attach(mapping.region(), Role::Mapper).unwrap()
-}
-
-/// The peer allocates and links one slice per length, as a sender does before its push, and
-/// gives up its claim on them (through the ledger when the API has one).
-fn peer_sends(peer: &BufferManager<'_>, lens: &[u32]) -> Vec<u32> {
-    let mut slices: Vec<u32> = Vec::new();
-    for &len in lens {
-        let abs = peer.alloc(u64::from(len.max(1))).unwrap().first();
-        peer.set_len(abs, len).unwrap();
-        if let Some(&prev) = slices.last() {
-            peer.link(prev, abs).unwrap();
-        }
-        slices.push(abs);
-    }
-    for &abs in &slices {
-        peer.hand_over(abs).unwrap();
-    }
-    slices
 }
 
 fn record<'f>(got: &mut Vec<String>) -> impl FnMut(Delivery<'f>) + '_ {
@@ -266,4 +248,19 @@ fn a_frame_longer_than_the_configured_limit_is_refused_naming_the_limit() {
         }
     );
     assert!(err.to_string().contains("1048576"), "{err}");
+}
+
+/// Found by the arbitrary-header property in CI: a capacity and a slice size both near
+/// u32::MAX overflow even a u64 product; attach must refuse, not panic.
+#[test]
+fn a_huge_cap_times_a_huge_slice_size_is_an_error_not_an_overflow() {
+    let mapping = Mapping::zeroed(64 << 10);
+    ours(&mapping);
+    mapping.poke(8 + 4, &0xFFFF_FFFCu32.to_le_bytes()); // cap of list 0
+    mapping.poke(8 + 16, &0xFFFF_FFFCu32.to_le_bytes()); // capPerBuffer of list 0
+    let err = buffer::attach(mapping.region(), Role::Mapper).unwrap_err();
+    assert!(
+        matches!(err, BufferError::Corrupted { list: Some(0), .. }),
+        "{err}"
+    );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Mapping;
+use common::{Mapping, peer_sends};
 use shmlink_core::buffer::{self, BufferError, Ownership, Role, SizeClass, SliceFault};
 use shmlink_core::frame::{Frame, Message, MessageType};
 use shmlink_core::queue::{Element, Side};
@@ -23,20 +23,10 @@ fn buffers(mapping: &Mapping) -> buffer::BufferManager<'_> {
 /// The peer's view of the same region: allocates `lens.len()` slices, links them, and hands
 /// them over as a sender does just before its queue push.
 fn peer_chain(mapping: &Mapping, lens: &[u32]) -> Vec<u32> {
-    let peer = buffer::attach(mapping.region(), Role::Mapper).unwrap();
-    let mut slices: Vec<u32> = Vec::new();
-    for &len in lens {
-        let abs = peer.alloc(u64::from(len.max(1))).unwrap().first();
-        peer.set_len(abs, len).unwrap();
-        if let Some(&prev) = slices.last() {
-            peer.link(prev, abs).unwrap();
-        }
-        slices.push(abs);
-    }
-    for &abs in &slices {
-        peer.hand_over(abs).unwrap();
-    }
-    slices
+    peer_sends(
+        &buffer::attach(mapping.region(), Role::Mapper).unwrap(),
+        lens,
+    )
 }
 
 fn owned(d: Delivery<'_>) -> String {

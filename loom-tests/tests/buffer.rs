@@ -201,17 +201,19 @@ fn aba_window_of_the_untagged_free_list() {
 
 /// Recycling publishes the link: a popper that sees HAS_NEXT on the old tail must see the
 /// `next` written before it (the Release of the flag's `fetch_or` pairs with pop's Acquire
-/// flags load). The old tail here is the slice formatting left last, whose `next` is still
-/// formatting's 0: a stale read of it looks like a valid link (to slice 0, which the client
-/// holds), so a missing Release shows as a slice handed out twice or a free chain that
-/// loses slices, not as a harmless retry.
-#[test]
-fn a_recycle_publishes_its_link_before_a_popper_follows_it() {
-    loom::model(|| {
+/// flags load). The client takes the two slices that can be taken; the server gives one back
+/// while the client pops again. With `junk`, one slice is popped and recycled first, so every
+/// unlinked `next` is the junk push writes (`NO_NEXT`, never a slice offset); without, the old
+/// tail is the slice formatting left last, whose `next` is still formatting's 0, a stale read
+/// of which looks like a valid link (to slice 0, which the client holds).
+fn link_race(junk: bool) {
+    loom::model(move || {
         let (creator, mapper) = list(3);
+        if junk {
+            let first = creator.pop().unwrap().unwrap();
+            creator.push(first).unwrap();
+        }
         let owners = Owners::new(3);
-        // Take two (all that can be taken); the server side gives one back while the client
-        // pops again.
         let a = pop(&creator, owners, 1).unwrap();
         let b = pop(&creator, owners, 1).unwrap();
         owners.release(b);
@@ -229,31 +231,18 @@ fn a_recycle_publishes_its_link_before_a_popper_follows_it() {
     });
 }
 
-/// The same race after one recycle, so every unlinked `next` in the list is the junk push
-/// writes (`NO_NEXT`, never a slice offset): a stale read cannot look like a link, and the
-/// pop must neither fail nor hand out a slice twice; it looks again.
+/// A stale read of a link that looks valid would show as a slice handed out twice or a free
+/// chain that loses slices.
+#[test]
+fn a_recycle_publishes_its_link_before_a_popper_follows_it() {
+    link_race(false);
+}
+
+/// A stale read of junk cannot look like a link: the pop must neither fail nor hand out a
+/// slice twice; it looks again.
 #[test]
 fn a_stale_junk_link_is_read_again_not_followed() {
-    loom::model(|| {
-        let (creator, mapper) = list(3);
-        let first = creator.pop().unwrap().unwrap();
-        creator.push(first).unwrap();
-        let owners = Owners::new(3);
-        let a = pop(&creator, owners, 1).unwrap();
-        let b = pop(&creator, owners, 1).unwrap();
-        owners.release(b);
-        let t = thread::spawn(move || {
-            owners.claim(b, 2);
-            push(&mapper, owners, b);
-        });
-        let again = pop(&creator, owners, 1);
-        t.join().unwrap();
-        push(&creator, owners, a);
-        if let Some(x) = again {
-            push(&creator, owners, x);
-        }
-        assert_full(&creator);
-    });
+    link_race(true);
 }
 
 /// Manager-level models: the ownership ledger and chains across lists.

@@ -86,6 +86,22 @@ pub fn check_echoes(stream: &mut Stream, sizes: &[usize], salt: usize) -> Result
     Ok(())
 }
 
+/// Waits (at most 20 s) until `listener` has counted `n` failed handshakes, then returns the
+/// recent failures; panics naming what it saw if they do not come.
+pub fn wait_failures(listener: &shmlink::Listener, n: u64) -> Vec<shmlink::HandshakeFailure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while listener.failed_handshakes() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} failed handshakes: {:?}",
+            listener.failed_handshakes(),
+            listener.recent_failures()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    listener.recent_failures()
+}
+
 /// A name unique to this process and moment, for sockets and region prefixes.
 pub fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -11,7 +11,9 @@ use shmlink::{Config, Error, Listener, MemMode, Session};
 use shmlink_core::frame::{Decoded, Frame, Message, Paths};
 use shmlink_linux::region::SharedRegion;
 use shmlink_linux::socket::Conn;
-use shmlink_tests::{check_echoes, echo_session, payload, recv_framed, send_framed, unique};
+use shmlink_tests::{
+    check_echoes, echo_session, payload, recv_framed, send_framed, unique, wait_failures,
+};
 
 fn sock(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}.sock", unique(name)))
@@ -21,21 +23,6 @@ fn encode(version: u8, message: Message<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     Frame::new(version, message).encode_into(&mut out).unwrap();
     out
-}
-
-/// Waits (bounded) until the listener has counted `n` failed handshakes.
-fn failures(listener: &Listener, n: u64) -> Vec<shmlink::HandshakeFailure> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while listener.failed_handshakes() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} failures: {:?}",
-            listener.failed_handshakes(),
-            listener.recent_failures()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    listener.recent_failures()
 }
 
 /// A V3 memfd client that hands over two regions of 4 KiB of zeros: no valid queue header.
@@ -91,7 +78,7 @@ fn hostile_and_silent_clients_cost_only_their_own_connection() {
         .unwrap();
     let _truncated = truncated_region_client(&path);
 
-    let failed = failures(&listener, 3);
+    let failed = wait_failures(&listener, 3);
     let texts: Vec<&str> = failed.iter().map(|f| f.error.as_str()).collect();
     assert!(
         texts.iter().any(|t| t.contains("bad frame magic")),
@@ -154,7 +141,7 @@ fn file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setti
         }
     }
     assert!(listener.accept_timeout(Duration::from_millis(100)).is_err());
-    let failed = failures(&listener, 1);
+    let failed = wait_failures(&listener, 1);
     let text = &failed[0].error;
     assert!(text.contains(&prefix.display().to_string()), "{text}");
     assert!(text.contains("Config::shm_dirs"), "{text}");

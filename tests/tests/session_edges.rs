@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session, socket_path, unique};
+use shmlink_tests::{check_echoes, echo_session, socket_path, unique, wait_failures};
 
 fn fast_config() -> Config {
     Config {
@@ -42,27 +42,13 @@ fn a_server_that_never_answers_times_the_client_handshake_out() {
     let _ = std::fs::remove_file(sock);
 }
 
-/// Waits (bounded) until the listener has counted `n` failed handshakes.
-fn failures(listener: &Listener, n: u64) -> Vec<shmlink::HandshakeFailure> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while listener.failed_handshakes() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            listener.recent_failures()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    listener.recent_failures()
-}
-
 #[test]
 fn a_client_that_never_speaks_times_the_server_handshake_out() {
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("mute")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let _client = UnixStream::connect(&sock).unwrap();
     let start = Instant::now();
-    let failed = failures(&listener, 1);
+    let failed = wait_failures(&listener, 1);
     assert!(
         failed[0].error.contains("did not finish within"),
         "{failed:?}"
@@ -86,7 +72,7 @@ fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let mut client = UnixStream::connect(&sock).unwrap();
     client.write_all(&[0, 0, 0, 8, 0x77, 0x58, 4, 4]).unwrap();
-    let failed = failures(&listener, 1);
+    let failed = wait_failures(&listener, 1);
     assert!(failed[0].error.contains("version 4"), "{failed:?}");
     // The server closed the connection without answering.
     let mut buf = [0u8; 8];

@@ -498,12 +498,17 @@ fn attach_lists(region: Region<'_>, role: Role) -> Result<(Lists<'_>, u32), Buff
                 ));
             }
         }
-        // u64: both factors are the peer's and a slice size near u32::MAX must not overflow.
-        let bytes = LIST_HEADER_SIZE as u64
-            + u64::from(cap) * (u64::from(slice_size) + SLICE_HEADER_SIZE as u64);
-        if cap == 0 || offset + bytes > end {
+        // Both factors are the peer's: even in u64, u32::MAX slices of u32::MAX bytes
+        // overflow, so every step is checked.
+        let bytes = u64::from(cap)
+            .checked_mul(u64::from(slice_size) + SLICE_HEADER_SIZE as u64)
+            .and_then(|b| b.checked_add(LIST_HEADER_SIZE as u64));
+        let fits = bytes
+            .and_then(|b| offset.checked_add(b))
+            .is_some_and(|list_end| list_end <= end);
+        let (Some(bytes), true) = (bytes, fits && cap != 0) else {
             return Err(list_err("cap", u64::from(cap)));
-        }
+        };
         let (list_header, slices, base) =
             list_parts(region, offset as u32, slice_size, cap, index)?;
         let list = BufferList::attach(list_header, slices, base, role, Some(index as u16))?;

@@ -7,6 +7,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io::Read;
 use std::ptr::NonNull;
 
+use shmlink_core::buffer::BufferManager;
 use shmlink_core::region::Region;
 
 /// Zeroed, page-aligned memory that a `Region` can borrow.
@@ -124,4 +125,22 @@ pub fn recorded_frames() -> Vec<(String, Vec<u8>)> {
         frames.push((dir.to_owned(), bytes));
     }
     frames
+}
+
+/// The peer allocates and links one slice per length, as a sender does before its push, and
+/// gives up its claim on them (`hand_over`): the chain is ready to be announced.
+pub fn peer_sends(peer: &BufferManager<'_>, lens: &[u32]) -> Vec<u32> {
+    let mut slices: Vec<u32> = Vec::new();
+    for &len in lens {
+        let abs = peer.alloc(u64::from(len.max(1))).unwrap().first();
+        peer.set_len(abs, len).unwrap();
+        if let Some(&prev) = slices.last() {
+            peer.link(prev, abs).unwrap();
+        }
+        slices.push(abs);
+    }
+    for &abs in &slices {
+        peer.hand_over(abs).unwrap();
+    }
+    slices
 }
