@@ -80,4 +80,4 @@ pub use listener::{HandshakeFailure, Listener};
 pub use session::Session;
 pub use shmlink_core::buffer::SizeClass;
 pub use shmlink_core::session::Metrics;
-pub use stream::{Reservation, Stream, View};
+pub use stream::{Pieces, Reservation, Stream, View};

@@ -11,8 +11,11 @@
 //! Message boundaries are not preserved (a stream is a byte stream, like TCP); frame your
 //! messages, for example with a length prefix.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Deref;
+
+use bytes::{Buf, BufMut, Bytes};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -82,6 +85,9 @@ pub struct Stream {
     shared: Arc<StreamShared>,
     read_timeout: Option<Duration>,
     closed: bool,
+    /// Bytes taken out of the receive buffer (zero copy, as a `Bytes` owning its slice) and
+    /// not consumed yet: every read looks here first.
+    rest: Bytes,
 }
 
 impl std::fmt::Debug for Stream {
@@ -100,6 +106,7 @@ impl Stream {
             shared,
             read_timeout: None,
             closed: false,
+            rest: Bytes::new(),
         }
     }
 
@@ -167,6 +174,7 @@ impl Stream {
             len: n,
             kind,
             done: false,
+            pos: 0,
         })
     }
 
@@ -183,6 +191,12 @@ impl Stream {
     /// The next received piece, zero copy, or `None` at the end of the stream (the peer
     /// closed it and everything before the close has been read).
     pub fn read_view(&mut self) -> Result<Option<View>, Error> {
+        if !self.rest.is_empty() {
+            return Ok(Some(View {
+                inner: Arc::clone(&self.inner),
+                kind: ViewKind::Bytes(std::mem::take(&mut self.rest)),
+            }));
+        }
         let mut recv = match self.wait_readable()? {
             Some(recv) => recv,
             None => return Ok(None),
@@ -239,7 +253,121 @@ impl Stream {
     /// Bytes received and not yet read.
     pub fn available(&self) -> usize {
         let recv = lock(&self.shared.recv);
-        recv.buffer.len()
+        self.rest.len() + recv.buffer.len()
+    }
+
+    /// Reads exactly `n` bytes as [`Bytes`], waiting for them (bounded by the read timeout).
+    ///
+    /// No copy when the `n` bytes lie in one received slice: the `Bytes` then points into
+    /// shared memory, and the slice returns to its free list when the last `Bytes` (or other
+    /// reader) that uses it is dropped. Bytes spanning slices are copied once into a fresh
+    /// buffer. `Ok(None)` at the end of the stream; if the stream ends after fewer than `n`
+    /// bytes, [`Error::StreamEnded`] and the bytes stay readable.
+    ///
+    /// Not cancellation-relevant (blocking); on a timeout nothing is consumed.
+    ///
+    /// ```no_run
+    /// # fn demo(stream: &mut shmlink::Stream) -> Result<(), shmlink::Error> {
+    /// // A length-prefixed message, zero copy when it fits one slice.
+    /// if let Some(len) = stream.read_bytes(4)? {
+    ///     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    ///     let body = stream.read_bytes(len)?.ok_or(shmlink::Error::StreamEnded)?;
+    ///     assert_eq!(body.len(), len);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn read_bytes(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
+        if !self.fill_contiguous(n)? {
+            return Ok(None);
+        }
+        let bytes = self.rest.split_to(n);
+        self.release_empty_rest();
+        Ok(Some(bytes))
+    }
+
+    /// An empty `rest` still holding its slice's owner would keep the slice from its free
+    /// list; let it go.
+    fn release_empty_rest(&mut self) {
+        if self.rest.is_empty() {
+            self.rest = Bytes::new();
+        }
+    }
+
+    /// The next `n` bytes without consuming them (zero copy when they lie in one slice, as
+    /// [`read_bytes`](Self::read_bytes)); `Ok(None)` at the end of the stream.
+    pub fn peek(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
+        if !self.fill_contiguous(n)? {
+            return Ok(None);
+        }
+        Ok(Some(self.rest.slice(..n)))
+    }
+
+    /// Up to `n` received bytes as a chain of zero-copy pieces, one per slice, implementing
+    /// [`bytes::Buf`]; waits for at least one byte. `Ok(None)` at the end of the stream.
+    pub fn read_buf(&mut self, n: usize) -> Result<Option<Pieces>, Error> {
+        let mut pieces = Pieces::default();
+        while pieces.remaining() < n {
+            if self.rest.is_empty() {
+                let wait = pieces.remaining() == 0;
+                if !self.take_front(wait)? {
+                    break;
+                }
+            }
+            let take = self.rest.len().min(n - pieces.remaining());
+            pieces.push(self.rest.split_to(take));
+            self.release_empty_rest();
+        }
+        Ok((pieces.remaining() > 0).then_some(pieces))
+    }
+
+    /// Moves the next received piece into `rest` (zero copy), waiting if `wait`. `false`:
+    /// nothing to take (end of stream, or nothing buffered and not waiting).
+    fn take_front(&mut self, wait: bool) -> Result<bool, Error> {
+        let piece = if wait {
+            match self.wait_readable()? {
+                Some(mut recv) => recv.buffer.pop_front(),
+                None => None,
+            }
+        } else {
+            lock(&self.shared.recv).buffer.pop_front()
+        };
+        let Some((piece, offset)) = piece else {
+            return Ok(false);
+        };
+        let bytes = match piece {
+            Piece::Shm(segment) => Bytes::from_owner(View {
+                inner: Arc::clone(&self.inner),
+                kind: ViewKind::Shm {
+                    segment,
+                    start: offset as u32,
+                },
+            }),
+            Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
+        };
+        if self.rest.is_empty() {
+            self.rest = bytes;
+        } else {
+            let mut joined = bytes::BytesMut::with_capacity(self.rest.len() + bytes.len());
+            joined.extend_from_slice(&self.rest);
+            joined.extend_from_slice(&bytes);
+            self.rest = joined.freeze();
+        }
+        Ok(true)
+    }
+
+    /// Makes `rest` hold at least `n` contiguous bytes, copying only when they span pieces.
+    /// `Ok(false)` at the end of the stream with nothing read.
+    fn fill_contiguous(&mut self, n: usize) -> Result<bool, Error> {
+        while self.rest.len() < n {
+            if !self.take_front(true)? {
+                return if self.rest.is_empty() {
+                    Ok(false)
+                } else {
+                    Err(Error::StreamEnded)
+                };
+            }
+        }
+        Ok(true)
     }
 
     /// Closes the stream: unread data is recycled and the peer is told (a close element, or
@@ -339,6 +467,13 @@ impl io::Read for Stream {
         if buf.is_empty() {
             return Ok(0);
         }
+        if !self.rest.is_empty() {
+            let n = self.rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.rest[..n]);
+            self.rest.advance(n);
+            self.release_empty_rest();
+            return Ok(n);
+        }
         let Some(mut recv) = self.wait_readable()? else {
             return Ok(0);
         };
@@ -412,6 +547,8 @@ pub struct Reservation<'s> {
     len: usize,
     kind: Reserved,
     done: bool,
+    /// Where `BufMut` and `io::Write` write next.
+    pos: usize,
 }
 
 impl std::fmt::Debug for Reservation<'_> {
@@ -485,6 +622,48 @@ impl Reservation<'_> {
         }
     }
 
+    /// Bytes written so far through [`BufMut`] or [`io::Write`] (the write cursor).
+    pub fn written(&self) -> usize {
+        self.pos
+    }
+
+    /// Publishes what was written through [`BufMut`] or [`io::Write`]: `commit(written())`.
+    ///
+    /// ```no_run
+    /// # fn demo(stream: &shmlink::Stream) -> Result<(), shmlink::Error> {
+    /// use bytes::BufMut;
+    /// let mut r = stream.reserve(64)?;
+    /// r.put_u32(5); // a serializer writing straight into shared memory
+    /// r.put_slice(b"hello");
+    /// r.commit_written()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn commit_written(self) -> Result<(), Error> {
+        let n = self.pos;
+        self.commit(n)
+    }
+
+    /// The writable piece holding byte `pos` of the reservation, from `pos` on.
+    fn piece_at(&mut self, pos: usize) -> &mut [u8] {
+        match &mut self.kind {
+            Reserved::Heap(v) => &mut v[pos..],
+            Reserved::Shm(slices) => {
+                let shm = &self.stream.inner.shm;
+                let mut skip = pos;
+                for s in pieces(&shm.buffers, slices, self.len) {
+                    if skip < s.len as usize {
+                        // SAFETY: the slice was allocated by us for this reservation and is
+                        // neither published nor recycled while `self` is mutably borrowed.
+                        let piece = unsafe { shm.bytes_mut(s.data, s.len) };
+                        return &mut piece[skip..];
+                    }
+                    skip -= s.len as usize;
+                }
+                &mut []
+            }
+        }
+    }
+
     /// Publishes the first `written` bytes (one queue element, or one fallback frame) and
     /// returns any unused slices.
     pub fn commit(mut self, written: usize) -> Result<(), Error> {
@@ -518,6 +697,97 @@ impl Reservation<'_> {
     }
 }
 
+// SAFETY: `chunk_mut` hands out the writable bytes of the reservation from the cursor on
+// (memory this reservation owns: its slices or its heap buffer), `remaining_mut` is exactly
+// what is left of it, and `advance_mut` refuses to move the cursor past the end, so the cursor
+// only ever covers bytes that were written through `chunk_mut`.
+unsafe impl BufMut for Reservation<'_> {
+    fn remaining_mut(&self) -> usize {
+        self.len - self.pos
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(
+            cnt <= self.len - self.pos,
+            "advance past the end of a reservation"
+        );
+        self.pos += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        let pos = self.pos;
+        bytes::buf::UninitSlice::new(self.piece_at(pos))
+    }
+}
+
+/// Copies into the reservation at the cursor; a full reservation writes 0 bytes (so
+/// `write_all` past the end is a `WriteZero` error, never a reallocation).
+impl io::Write for Reservation<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() && self.pos < self.len {
+            let pos = self.pos;
+            let piece = self.piece_at(pos);
+            let n = piece.len().min(buf.len() - done);
+            piece[..n].copy_from_slice(&buf[done..done + n]);
+            self.pos += n;
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Received bytes as a chain of pieces (one per slice, zero copy), from
+/// [`Stream::read_buf`]; a [`bytes::Buf`]. Each slice returns to its free list when its piece
+/// is consumed or the chain is dropped.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    pieces: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Pieces {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        self.pieces.push_back(piece);
+    }
+
+    /// The pieces, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.pieces.iter()
+    }
+}
+
+impl Buf for Pieces {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.pieces.front().map_or(&[], |b| b.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.len, "advance past the end of the pieces");
+        self.len -= cnt;
+        while cnt > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                break;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                break;
+            }
+            cnt -= front.len();
+            self.pieces.pop_front();
+        }
+    }
+}
+
 fn release(stream: &Stream, kind: &Reserved) {
     if let Reserved::Shm(slices) = kind {
         for &slice in slices {
@@ -535,8 +805,13 @@ impl Drop for Reservation<'_> {
 }
 
 enum ViewKind {
-    Shm { segment: Segment, start: u32 },
+    Shm {
+        segment: Segment,
+        start: u32,
+    },
     Heap(Vec<u8>, usize),
+    /// Bytes a `read_bytes`/`peek` left over (zero copy into a slice, or a heap buffer).
+    Bytes(Bytes),
 }
 
 /// Received bytes, zero copy when they came through shared memory. Dropping the view
@@ -576,7 +851,14 @@ impl Deref for View {
                 .shm
                 .bytes(segment.data + start, segment.len - start),
             ViewKind::Heap(bytes, start) => &bytes[*start..],
+            ViewKind::Bytes(bytes) => bytes,
         }
+    }
+}
+
+impl AsRef<[u8]> for View {
+    fn as_ref(&self) -> &[u8] {
+        self
     }
 }
 
