@@ -9,6 +9,27 @@ use crate::Error;
 
 pub use shmlink_core::handshake::MemMode;
 
+/// What a write does when shared memory (or the IO queue) cannot take it now.
+///
+/// The default is [`Fallback`](Exhaustion::Fallback), Go's behaviour, so that a Go peer and
+/// a shmlink peer behave alike and a slow reader never blocks a writer; services that would
+/// rather wait than move a stream to the socket (and open the circuit breaker) choose
+/// [`Wait`](Exhaustion::Wait).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Exhaustion {
+    /// Send the bytes in a FallbackData frame on the socket (Go): the stream stays on the
+    /// socket from then on, so bytes never overtake each other, and the circuit breaker
+    /// opens. A full queue is retried for about 100 ms, then [`Error::QueueFull`].
+    #[default]
+    Fallback,
+    /// Wait for the peer to give memory (or queue room) back, up to the stream's write
+    /// timeout, then [`Error::Timeout`]. A write larger than all of shared memory can never
+    /// fit and fails at once with [`Error::SharedMemoryExhausted`].
+    Wait,
+    /// Fail at once with [`Error::SharedMemoryExhausted`]; nothing is sent.
+    Error,
+}
+
 /// How a client creates and shares its memory. The server follows whatever the client does.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -35,6 +56,11 @@ pub struct Config {
     /// as one frame, so this also bounds a single write. A longer frame from the peer closes
     /// the session with an error naming this setting.
     pub max_frame_len: u32,
+    /// What a write does when shared memory is exhausted (default: fall back, as Go).
+    pub on_exhaustion: Exhaustion,
+    /// The default write timeout of a stream (default 10 s): how long
+    /// [`Exhaustion::Wait`] waits for memory or queue room. A stream can set its own.
+    pub write_timeout: Duration,
     /// Directories a client may name for file-mode regions (default `/dev/shm`). The server
     /// maps an announced path only if it resolves inside one of them, is a regular file and
     /// is owned by the connecting process's uid; anything else ends that handshake with an
@@ -56,6 +82,8 @@ impl Default for Config {
             file_mode_v3: false,
             max_frame_len: shmlink_core::frame::MAX_FRAME_LEN,
             shm_dirs: vec!["/dev/shm".into()],
+            on_exhaustion: Exhaustion::Fallback,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }

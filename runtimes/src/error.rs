@@ -79,6 +79,13 @@ pub enum Error {
     /// The IO queue stayed full for the whole retry window.
     #[error("the io queue stayed full; the peer is not consuming")]
     QueueFull,
+    /// Shared memory cannot hold the write ([`Exhaustion::Error`](crate::Exhaustion), or a
+    /// write larger than all of shared memory under [`Exhaustion::Wait`](crate::Exhaustion)).
+    #[error("shared memory cannot hold a write of {requested} bytes now")]
+    SharedMemoryExhausted {
+        /// The bytes asked for.
+        requested: usize,
+    },
     /// Every stream id is in use.
     #[error("all stream ids are in use")]
     StreamsExhausted,
@@ -132,7 +139,7 @@ impl From<Error> for std::io::Error {
             Error::StreamEnded => K::UnexpectedEof,
             Error::ProtocolViolation(_) | Error::Handshake(_) => K::InvalidData,
             Error::Config(_) | Error::TooLarge { .. } => K::InvalidInput,
-            Error::QueueFull => K::ResourceBusy,
+            Error::QueueFull | Error::SharedMemoryExhausted { .. } => K::ResourceBusy,
             _ => K::Other,
         };
         std::io::Error::new(kind, e)

@@ -74,7 +74,7 @@ mod shm;
 #[allow(unsafe_code)]
 mod stream;
 
-pub use config::{Config, MemMode};
+pub use config::{Config, Exhaustion, MemMode};
 pub use error::Error;
 pub use listener::{HandshakeFailure, Listener};
 pub use session::Session;

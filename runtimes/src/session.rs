@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     epoch: Instant,
     pub(crate) max_frame_len: u32,
+    pub(crate) on_exhaustion: crate::Exhaustion,
+    pub(crate) write_timeout: Duration,
     driver: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -275,6 +277,8 @@ impl Session {
             closed: AtomicBool::new(false),
             epoch: Instant::now(),
             max_frame_len,
+            on_exhaustion: config.on_exhaustion,
+            write_timeout: config.write_timeout,
             driver: Mutex::new(None),
         });
         let driver_inner = Arc::clone(&inner);
@@ -525,8 +529,16 @@ impl Inner {
     /// the wake-up failed: the session is then closed (the socket is gone) and the element's
     /// slices may be the peer's, so the caller must not recycle them; that case is
     /// `Ok(Err(_))`.
-    pub(crate) fn push_element(&self, element: Element) -> Result<Result<(), Error>, Error> {
-        for attempt in 0..=QUEUE_FULL_RETRIES {
+    ///
+    /// With a `deadline` (the [`Exhaustion::Wait`](crate::Exhaustion) policy) a full queue is
+    /// retried until then and ends in [`Error::Timeout`]; without, Go's ten retries.
+    pub(crate) fn push_element(
+        &self,
+        element: Element,
+        deadline: Option<Instant>,
+    ) -> Result<Result<(), Error>, Error> {
+        let mut attempt = 0;
+        loop {
             if self.is_closed() {
                 return Err(self.close_error());
             }
@@ -536,12 +548,27 @@ impl Inner {
                     return Ok(self.send_frame(&Frame::new(self.version(), Message::Polling)));
                 }
                 Ok(Wake::PeerAwake) => return Ok(Ok(())),
-                Err(QueueError::Full { .. }) if attempt < QUEUE_FULL_RETRIES => {
-                    std::thread::sleep(QUEUE_FULL_WAIT)
-                }
                 Err(QueueError::Full { .. }) => {
-                    lock(&self.state).core.metrics_mut().queue_full_error_count += 1;
-                    return Err(Error::QueueFull);
+                    attempt += 1;
+                    let more = match deadline {
+                        Some(d) => Instant::now() < d,
+                        None => attempt <= QUEUE_FULL_RETRIES,
+                    };
+                    if !more {
+                        lock(&self.state).core.metrics_mut().queue_full_error_count += 1;
+                        return Err(if deadline.is_some() {
+                            Error::Timeout
+                        } else {
+                            Error::QueueFull
+                        });
+                    }
+                    let wait = if deadline.is_some() {
+                        // Wake often: room comes back as soon as the peer pops.
+                        Duration::from_micros(200)
+                    } else {
+                        QUEUE_FULL_WAIT
+                    };
+                    std::thread::sleep(wait);
                 }
                 // Pushed: the element (and its slices) are the peer's, even though the
                 // session cannot go on.
@@ -559,7 +586,6 @@ impl Inner {
                 }
             }
         }
-        Err(Error::QueueFull)
     }
 
     /// Closes stream `id` on the wire if the protocol requires it.

@@ -84,6 +84,7 @@ pub struct Stream {
     inner: Arc<Inner>,
     shared: Arc<StreamShared>,
     read_timeout: Option<Duration>,
+    write_timeout: Duration,
     closed: bool,
     /// Bytes taken out of the receive buffer (zero copy, as a `Bytes` owning its slice) and
     /// not consumed yet: every read looks here first.
@@ -101,10 +102,12 @@ impl std::fmt::Debug for Stream {
 
 impl Stream {
     pub(crate) fn new(inner: Arc<Inner>, shared: Arc<StreamShared>) -> Self {
+        let write_timeout = inner.write_timeout;
         Self {
             inner,
             shared,
             read_timeout: None,
+            write_timeout,
             closed: false,
             rest: Bytes::new(),
         }
@@ -118,6 +121,18 @@ impl Stream {
     /// Bounds every blocking read (`None`: wait for ever, until data, end or session close).
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
+    }
+
+    /// Bounds how long a write waits for shared memory or queue room under
+    /// [`Exhaustion::Wait`](crate::Exhaustion) (default: [`Config::write_timeout`](crate::Config)).
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.write_timeout = timeout;
+    }
+
+    /// The write deadline of a write starting now, under the Wait policy.
+    fn write_deadline(&self) -> Option<Instant> {
+        (self.inner.on_exhaustion == crate::Exhaustion::Wait)
+            .then(|| Instant::now() + self.write_timeout)
     }
 
     /// Whether this stream now sends over the socket because shared memory ran out.
@@ -155,17 +170,38 @@ impl Stream {
                 let mut taken = Vec::with_capacity((n as u64 / max + 2).min(4096) as usize);
                 // The slices as this process took them, kept in process memory: never read
                 // back from links in shared memory, which the peer could rewrite.
-                match buffers.alloc_into(n as u64, &mut taken) {
-                    Ok(_) => Reserved::Shm(taken),
-                    Err(BufferError::NoMoreBuffer { .. }) => {
-                        self.inner
-                            .lock_state()
-                            .core
-                            .metrics_mut()
-                            .alloc_shm_error_count += 1;
-                        Reserved::Heap(vec![0; n])
+                let deadline = self.write_deadline();
+                let mut pause = Duration::from_micros(50);
+                loop {
+                    match buffers.alloc_into(n as u64, &mut taken) {
+                        Ok(_) => break Reserved::Shm(taken),
+                        Err(BufferError::NoMoreBuffer { .. }) => {
+                            self.inner
+                                .lock_state()
+                                .core
+                                .metrics_mut()
+                                .alloc_shm_error_count += 1;
+                            let exhausted = Error::SharedMemoryExhausted { requested: n };
+                            match self.inner.on_exhaustion {
+                                crate::Exhaustion::Fallback => break Reserved::Heap(vec![0; n]),
+                                crate::Exhaustion::Error => return Err(exhausted),
+                                // Waiting cannot help a write larger than all the memory.
+                                crate::Exhaustion::Wait if n as u64 > usable(buffers) => {
+                                    return Err(exhausted);
+                                }
+                                crate::Exhaustion::Wait => {}
+                            }
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
+                                return Err(Error::Timeout);
+                            }
+                            // The peer gives memory back as it reads: look again soon, then
+                            // less often.
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(2));
+                            self.route()?;
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
         };
@@ -417,7 +453,10 @@ impl Stream {
         for &slice in &slices[used..] {
             let _ = buffers.recycle(slice);
         }
-        match self.inner.push_element(Element::data(self.id(), slices[0])) {
+        match self
+            .inner
+            .push_element(Element::data(self.id(), slices[0]), self.write_deadline())
+        {
             Ok(Ok(())) => {}
             // Pushed, but the wake-up failed and the session is closing: the slices are the
             // peer's now, whatever it does with them.
@@ -495,6 +534,15 @@ impl io::Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The most one allocation can ever get: every list's slices but the one each keeps free.
+fn usable(buffers: &shmlink_core::buffer::BufferManager<'_>) -> u64 {
+    buffers
+        .lists()
+        .iter()
+        .map(|l| u64::from(l.capacity().saturating_sub(1)) * u64::from(l.slice_size()))
+        .sum()
 }
 
 /// One slice of a reservation: its header, its data and how many of its bytes are reserved.
