@@ -7,10 +7,10 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shmlink_linux::socket;
 
@@ -146,18 +146,30 @@ impl Listener {
 
     /// Waits for the next session whose handshake completed.
     pub fn accept(&self) -> Result<Session, Error> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.recv().map_err(|_| Error::ClosedLocally)
+        loop {
+            match self.accept_timeout(STOP_POLL) {
+                Err(Error::Timeout) => {}
+                other => return other,
+            }
+        }
     }
 
     /// Like [`accept`](Self::accept), but gives up with [`Error::Timeout`] if no session is
     /// ready within `timeout`.
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Session, Error> {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.recv_timeout(timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Error::Timeout,
-            RecvTimeoutError::Disconnected => Error::ClosedLocally,
-        })
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Hold the receiver only briefly, so that concurrent callers each keep to their
+            // own timeout.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            match ready.recv_timeout(left.min(STOP_POLL)) {
+                Ok(session) => return Ok(session),
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::ClosedLocally),
+                Err(RecvTimeoutError::Timeout) if left <= STOP_POLL => return Err(Error::Timeout),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 }
 
@@ -167,6 +179,15 @@ impl Drop for Listener {
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
+    }
+}
+
+/// A handshake slot, given back on drop.
+struct Pending<'a>(&'a Counters);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -201,14 +222,21 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name("shmlink-handshake".into())
             .spawn(move || {
+                // Gives the slot back however this thread ends, a panic included.
+                let _slot = Pending(&shared);
                 match Session::server(conn, config) {
-                    Ok(session) => {
-                        // A full backlog or a dropped listener: the session closes on drop.
-                        let _ = ready.send(session);
-                    }
+                    Ok(session) => match ready.try_send(session) {
+                        Ok(()) => {}
+                        // Nobody is accepting: close the session (on drop) rather than hold
+                        // it, its thread and its mappings.
+                        Err(TrySendError::Full(_)) => shared.failed(
+                            &peer,
+                            "the ready backlog is full (the application is not accepting)".into(),
+                        ),
+                        Err(TrySendError::Disconnected(_)) => {}
+                    },
                     Err(error) => shared.failed(&peer, error.to_string()),
                 }
-                shared.pending.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
             counters.pending.fetch_sub(1, Ordering::AcqRel);

@@ -252,9 +252,20 @@ impl Stream {
         }))
     }
 
-    /// Waits for data; `None` means end of stream.
+    fn read_deadline(&self) -> Option<Instant> {
+        self.read_timeout.map(|t| Instant::now() + t)
+    }
+
+    /// Waits for data, bounded by the read timeout; `None` means end of stream.
     fn wait_readable(&self) -> Result<Option<MutexGuard<'_, RecvState>>, Error> {
-        let deadline = self.read_timeout.map(|t| Instant::now() + t);
+        self.wait_readable_until(self.read_deadline())
+    }
+
+    /// Waits for data until `deadline` (`None`: for ever); `None` means end of stream.
+    fn wait_readable_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<MutexGuard<'_, RecvState>>, Error> {
         let mut recv = lock(&self.shared.recv);
         loop {
             if recv.local_closed {
@@ -344,9 +355,11 @@ impl Stream {
         let mut pieces = Pieces::default();
         while pieces.remaining() < n {
             if self.rest.is_empty() {
-                let wait = pieces.remaining() == 0;
-                if !self.take_front(wait)? {
-                    break;
+                // Wait (bounded by the read timeout) only for the first byte.
+                let wait = (pieces.remaining() == 0).then(|| self.read_deadline());
+                match self.next_piece(wait)? {
+                    Some(piece) => self.rest = piece,
+                    None => break,
                 }
             }
             let take = self.rest.len().min(n - pieces.remaining());
@@ -356,54 +369,76 @@ impl Stream {
         Ok((pieces.remaining() > 0).then_some(pieces))
     }
 
-    /// Moves the next received piece into `rest` (zero copy), waiting if `wait`. `false`:
-    /// nothing to take (end of stream, or nothing buffered and not waiting).
-    fn take_front(&mut self, wait: bool) -> Result<bool, Error> {
-        let piece = if wait {
-            match self.wait_readable()? {
-                Some(mut recv) => recv.buffer.pop_front(),
-                None => None,
-            }
-        } else {
-            lock(&self.shared.recv).buffer.pop_front()
-        };
-        let Some((piece, offset)) = piece else {
-            return Ok(false);
-        };
-        let bytes = match piece {
-            Piece::Shm(segment) => Bytes::from_owner(View {
-                inner: Arc::clone(&self.inner),
-                kind: ViewKind::Shm {
-                    segment,
-                    start: offset as u32,
+    /// The next non-empty received piece as `Bytes` (zero copy), waiting until `deadline` if
+    /// given. `None`: nothing to take (end of stream, or nothing buffered and not waiting).
+    fn next_piece(&mut self, deadline: Option<Option<Instant>>) -> Result<Option<Bytes>, Error> {
+        loop {
+            let piece = match deadline {
+                Some(deadline) => match self.wait_readable_until(deadline)? {
+                    Some(mut recv) => recv.buffer.pop_front(),
+                    None => None,
                 },
-            }),
-            Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
-        };
-        if self.rest.is_empty() {
-            self.rest = bytes;
-        } else {
-            let mut joined = bytes::BytesMut::with_capacity(self.rest.len() + bytes.len());
-            joined.extend_from_slice(&self.rest);
-            joined.extend_from_slice(&bytes);
-            self.rest = joined.freeze();
+                None => lock(&self.shared.recv).buffer.pop_front(),
+            };
+            let Some((piece, offset)) = piece else {
+                return Ok(None);
+            };
+            let bytes = match piece {
+                Piece::Shm(segment) => Bytes::from_owner(View {
+                    inner: Arc::clone(&self.inner),
+                    kind: ViewKind::Shm {
+                        segment,
+                        start: offset as u32,
+                    },
+                }),
+                Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
+            };
+            // An empty piece (a peer may send an empty fallback frame) is no data: skip it,
+            // so a `Buf` never shows an empty chunk with bytes remaining.
+            if !bytes.is_empty() {
+                return Ok(Some(bytes));
+            }
         }
-        Ok(true)
     }
 
-    /// Makes `rest` hold at least `n` contiguous bytes, copying only when they span pieces.
-    /// `Ok(false)` at the end of the stream with nothing read.
+    /// Makes `rest` hold at least `n` contiguous bytes: zero copy when the first piece holds
+    /// them, else one copy of exactly the pieces needed. The read timeout bounds the whole
+    /// call. `Ok(false)` at the end of the stream with nothing read.
     fn fill_contiguous(&mut self, n: usize) -> Result<bool, Error> {
-        while self.rest.len() < n {
-            if !self.take_front(true)? {
-                return if self.rest.is_empty() {
-                    Ok(false)
-                } else {
-                    Err(Error::StreamEnded)
-                };
+        if self.rest.len() >= n {
+            return Ok(true);
+        }
+        let deadline = self.read_timeout.map(|t| Instant::now() + t);
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut have = self.rest.len();
+        let outcome = loop {
+            if have >= n {
+                break Ok(true);
+            }
+            match self.next_piece(Some(deadline)) {
+                Ok(Some(piece)) => {
+                    have += piece.len();
+                    parts.push(piece);
+                }
+                Ok(None) if have == 0 => break Ok(false),
+                Ok(None) => break Err(Error::StreamEnded),
+                Err(e) => break Err(e),
+            }
+        };
+        // Whatever happened, nothing taken is lost: it all goes back into `rest`, copied once.
+        if !parts.is_empty() {
+            if self.rest.is_empty() && parts.len() == 1 {
+                self.rest = parts.pop().unwrap_or_default();
+            } else {
+                let mut joined = bytes::BytesMut::with_capacity(have);
+                joined.extend_from_slice(&self.rest);
+                for part in &parts {
+                    joined.extend_from_slice(part);
+                }
+                self.rest = joined.freeze();
             }
         }
-        Ok(true)
+        outcome
     }
 
     /// Closes the stream: unread data is recycled and the peer is told (a close element, or

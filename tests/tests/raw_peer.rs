@@ -326,3 +326,53 @@ fn a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer() {
         "the announced slice stays allocated for the peer to recycle"
     );
 }
+
+/// Review finding: an empty FallbackData frame (length 16, legal on the wire) must not read
+/// as the end of the stream, nor put an empty chunk in front of a `Buf` with bytes behind it.
+#[test]
+fn an_empty_fallback_frame_is_no_data_not_an_end() {
+    use bytes::Buf;
+    use std::io::Read;
+    let (raw, session) = setup(Config::default());
+    let mut stream = session.open_stream().unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let id = stream.id();
+    let fallback = |data: &[u8]| {
+        let mut bytes = Vec::new();
+        Frame::new(
+            3,
+            Message::FallbackData {
+                stream_id: id,
+                status: 0,
+                data,
+            },
+        )
+        .encode_into(&mut bytes)
+        .unwrap();
+        bytes
+    };
+    // The empty frame alone first, so that it is all the stream has when the read starts.
+    raw.conn.send(&fallback(b""), "raw send").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let late = fallback(b"abcd");
+    let mut four = [0u8; 4];
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            raw.conn.send(&late, "raw send").unwrap();
+        });
+        stream.read_exact(&mut four).unwrap();
+    });
+    assert_eq!(&four, b"abcd");
+    let mut wire = fallback(b"");
+    wire.extend(fallback(&7u32.to_be_bytes()));
+    raw.conn.send(&wire, "raw send").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stream.available() < 4 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut pieces = stream.read_buf(4).unwrap().unwrap();
+    assert!(!pieces.chunk().is_empty());
+    assert_eq!(pieces.get_u32(), 7);
+}

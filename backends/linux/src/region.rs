@@ -18,7 +18,8 @@ use shmlink_core::region::Region;
 /// Where a peer's file-mode region may be, for [`SharedRegion::open_peer_file`].
 #[derive(Clone, Copy, Debug)]
 pub struct PeerFilePolicy<'a> {
-    /// Directories the file must sit in directly (after resolving symbolic links).
+    /// Directories the file must sit in (directly or in a subdirectory), after resolving
+    /// symbolic links.
     pub dirs: &'a [PathBuf],
     /// The uid that must own the file (the peer's, from `SO_PEERCRED`), if known.
     pub owner: Option<u32>,
