@@ -724,7 +724,7 @@ impl Inner {
                 }
             }
             // An empty fallback frame carries no data; queuing it would read as a false end.
-            Delivery::Fallback { data, .. } if data.is_empty() => {}
+            Delivery::Fallback { data: [], .. } => {}
             Delivery::Fallback { stream_id, data } => {
                 if let Some(s) = streams.get(&stream_id) {
                     let _ = s.push(Piece::Heap(data.to_vec()));
