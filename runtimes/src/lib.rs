@@ -59,9 +59,17 @@
 //! us a slice we hold are refused and named. One client's failed handshake is logged and
 //! counted by the [`Listener`]; it never ends the listener and never delays other clients.
 //!
-//! What remains (documented in `loom-tests`): the compat free list has no ABA tag on its head,
-//! as in shmipc-go, so a pop stalled while the whole list rotates could link a wrong head; the
-//! next pop then refuses the corrupt link rather than follow it.
+//! What remains:
+//!
+//! - the compat free list has no ABA tag on its head, as in shmipc-go (documented in
+//!   `loom-tests`), so a pop stalled while the whole list rotates could link a wrong head; the
+//!   next pop then refuses the corrupt link rather than follow it;
+//! - a peer that shrinks a region it handed us (a file, or a memfd it did not seal, as Go
+//!   never does) makes the next access to the cut-off pages raise SIGBUS in this process: a
+//!   crash, not a panic. Our own memfds are sealed; refusing unsealed peer regions is planned;
+//! - over TCP the peer's uid is unknown, so file-mode paths need only be owned by this
+//!   process's uid: any local process that can connect to a TCP listener can name them. Use
+//!   unix sockets (the peer's uid is checked) where other users share the host.
 
 #![deny(unsafe_code)]
 
