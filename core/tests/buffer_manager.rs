@@ -433,11 +433,13 @@ fn a_received_chain_is_read_and_recycled_exactly_once() {
     assert_eq!(seen.iter().map(|s| s.slice).collect::<Vec<_>>(), chain);
     assert!(seen.iter().all(|s| s.len == 10 && s.data == s.slice + 20));
     assert_eq!(receiver.recycle_chain(chain[0]).unwrap(), 4);
-    // A replayed element naming the same chain is now refused: the slices are free.
+    // Recycling them again is refused: they are not ours any more.
     assert!(matches!(
         receiver.recycle_chain(chain[0]),
         Err(BufferError::BadSlice {
-            fault: SliceFault::NotInUse,
+            fault: SliceFault::NotOwned {
+                state: Ownership::NotOurs
+            },
             ..
         })
     ));
@@ -447,4 +449,29 @@ fn a_received_chain_is_read_and_recycled_exactly_once() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(free.len() as u32, receiver.lists()[0].capacity());
+}
+
+/// shmipc-go's ReleaseReadAndReuse (PROTOCOL.md 5.4): the Go side keeps the last slice it
+/// received, resets its header (flags 0, so no IN_USE), writes its reply into it and sends it
+/// back without a pop. We must take delivery of it and recycle it into the free list, or
+/// every Go round trip would close the session (it did before) or leak a slice.
+#[test]
+fn a_slice_go_reused_with_its_flags_reset_is_received_and_recycled() {
+    let mapping = Mapping::zeroed(64 << 10);
+    let ours = small_manager(&mapping);
+    // We send one slice to Go.
+    let x = ours.alloc(10).unwrap().first();
+    ours.set_len(x, 10).unwrap();
+    ours.hand_over(x).unwrap();
+    // Go reads it, then reuses it: reset() (len 0, start 0, flags 0), its reply of 7 bytes
+    // (update() sets len), and it sends the slice back as is, without a pop.
+    mapping.poke(x as usize + 16, &[0]);
+    mapping.poke(x as usize + 8, &0u32.to_le_bytes());
+    mapping.poke(x as usize + 4, &7u32.to_le_bytes());
+    let mut got = Vec::new();
+    ours.receive_chain(x, &mut got).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].slice, got[0].len), (x, 7));
+    ours.recycle(x).unwrap();
+    assert!(ours.all_free(), "the slice is back in its free list");
 }

@@ -23,8 +23,7 @@
 //! | recycle's link flag `fetch_or` Relaxed | `a_recycle_publishes_its_link_before_a_popper_follows_it` | missed, and not a bug: the size increment after the link is a release RMW that the popper's acquire size decrement reads (one release sequence), so the link is published through the size counter as well |
 //! | pop's flags load Relaxed | the same | missed, for the same reason |
 //! | pop reports corruption on one bad `next` read (`BAD_NEXT_READS` = 1) | `alloc_recycle_from_both_processes_never_double_allocates` | caught (this model found that false alarm: a recycled head's `next` is NO_NEXT until linked) |
-//! | recycle ignores the ownership ledger | `manager::two_threads_recycling_one_slice_recycle_it_once` | missed: masked by the list's own IN_USE swap, the second guard |
-//! | recycle ignores the ledger and the IN_USE swap | the same | caught |
+//! | recycle ignores the ownership ledger | `manager::two_threads_recycling_one_slice_recycle_it_once` | caught (the ledger is the only guard: held slices are recycled whatever their IN_USE flag says, as shmipc-go reuses received slices with their flags reset) |
 //! | ledger transition as load + store instead of CAS | `manager::ledger_transitions_on_one_word_lose_no_update` | caught |
 #![cfg(loom)]
 

@@ -416,6 +416,17 @@ impl<'a> BufferList<'a> {
     /// Fails without touching the list if `abs` is not a slice of this list, or if the slice
     /// is not in use (a double recycle, or a slice nobody allocated).
     pub fn push(&self, abs: u32) -> Result<(), BufferError> {
+        self.push_checked(abs, true)
+    }
+
+    /// Recycles a slice whose ownership the caller proved otherwise (the buffer manager's
+    /// ledger), whether or not its IN_USE flag is set: shmipc-go clears the flags of a
+    /// received slice it reuses for sending.
+    pub(crate) fn push_held(&self, abs: u32) -> Result<(), BufferError> {
+        self.push_checked(abs, false)
+    }
+
+    fn push_checked(&self, abs: u32, require_in_use: bool) -> Result<(), BufferError> {
         let rel = abs.checked_sub(self.base).unwrap_or(u32::MAX);
         let Some(slice) = self.slices.get(rel) else {
             return Err(BufferError::BadSlice {
@@ -427,7 +438,7 @@ impl<'a> BufferList<'a> {
         // race to recycle the same slice. Relaxed suffices: the tail CAS below (SeqCst)
         // publishes it, and the next popper reads flags with acquire.
         let old = SliceFlags::from_bits_truncate(slice.flags.swap(0, Ordering::Relaxed));
-        if !old.contains(SliceFlags::IN_USE) {
+        if require_in_use && !old.contains(SliceFlags::IN_USE) {
             return Err(BufferError::BadSlice {
                 offset: abs,
                 fault: SliceFault::NotInUse,

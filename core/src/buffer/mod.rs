@@ -991,7 +991,9 @@ impl<'a> BufferManager<'a> {
         // Claim the recycle in the ledger first: of two threads recycling one slice, only
         // one gets past this, and the slice is not ours any more once it is in the free list.
         self.transition(abs, at.index, from, Ownership::NotOurs)?;
-        at.list.push(abs)
+        // The ledger says we hold it, so it goes back whatever its flags say (a slice Go
+        // reused for sending carries none).
+        at.list.push_held(abs)
     }
 
     /// Recycles every slice of a chain we allocated and did not send.
@@ -1187,9 +1189,9 @@ impl ChainWalk<'_, '_> {
         if snap.cap != slice_size {
             return fail(SliceFault::CapMismatch { cap: snap.cap });
         }
-        if !snap.flags().contains(SliceFlags::IN_USE) {
-            return fail(SliceFault::NotInUse);
-        }
+        // IN_USE is not required: shmipc-go's ReleaseReadAndReuse sends a slice it received
+        // back after resetting its flags to 0 (PROTOCOL.md 5.4), and the flag is only the
+        // peer's claim anyway. Ownership is proved by the ledger (`receive_chain`).
         if u64::from(snap.start) + u64::from(snap.len) > u64::from(slice_size) {
             return fail(SliceFault::BadLength {
                 start: snap.start,
