@@ -104,10 +104,13 @@ pub fn wait_failures(listener: &shmlink::Listener, n: u64) -> Vec<shmlink::Hands
 
 /// A name unique to this process and moment, for sockets and region prefixes.
 pub fn unique(name: &str) -> String {
+    // The clock alone can repeat for two tests starting at once: a counter makes it unique.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{name}-{}-{nanos}", std::process::id())
+    format!("{name}-{}-{nanos}-{n}", std::process::id())
 }
 
 /// A fresh unix socket path in the temporary directory.
