@@ -241,11 +241,10 @@ impl ShmlinkClient {
 
 /// Writes `n` bytes of `fill` as one zero-copy flush.
 fn shmlink_send(stream: &shmlink::Stream, n: usize, fill: u8) -> io::Result<()> {
+    use bytes::BufMut;
     let mut r = stream.reserve(n)?;
-    for chunk in r.chunks_mut() {
-        chunk.fill(fill);
-    }
-    r.commit(n)?;
+    r.put_bytes(fill, n); // through BufMut: straight into shared memory, no list of chunks
+    r.commit_written()?;
     Ok(())
 }
 

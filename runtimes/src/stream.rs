@@ -89,6 +89,8 @@ pub struct Stream {
     /// Bytes taken out of the receive buffer (zero copy, as a `Bytes` owning its slice) and
     /// not consumed yet: every read looks here first.
     rest: Bytes,
+    /// The slice list of the last reservation, kept for the next one.
+    spare: Mutex<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -110,6 +112,7 @@ impl Stream {
             write_timeout,
             closed: false,
             rest: Bytes::new(),
+            spare: Mutex::new(Vec::new()),
         }
     }
 
@@ -167,7 +170,9 @@ impl Stream {
                 let buffers = &self.inner.shm.buffers;
                 // One allocation: enough room for the chain Go's policy builds for `n`.
                 let max = u64::from(buffers.max_slice_size().max(1));
-                let mut taken = Vec::with_capacity((n as u64 / max + 2).min(4096) as usize);
+                let mut taken =
+                    std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+                taken.reserve((n as u64 / max + 2).min(4096) as usize);
                 // The slices as this process took them, kept in process memory: never read
                 // back from links in shared memory, which the peer could rewrite.
                 let deadline = self.write_deadline();
@@ -753,30 +758,31 @@ impl Reservation<'_> {
         self.done = true;
         let written = written.min(self.len);
         let stream = self.stream;
-        let kind = std::mem::replace(&mut self.kind, Reserved::Heap(Vec::new()));
+        let kind = &self.kind;
         if written == 0 {
-            release(stream, &kind);
+            release(stream, kind);
             return Ok(());
         }
         let route = match stream.route() {
             Ok(route) => route,
             Err(e) => {
-                release(stream, &kind);
+                release(stream, kind);
                 return Err(e);
             }
         };
         match (route, kind) {
-            (Route::Queue, Reserved::Shm(slices)) => stream.publish(&slices, written),
+            (Route::Queue, Reserved::Shm(slices)) => stream.publish(slices, written),
             (Route::Fallback, Reserved::Shm(slices)) => {
                 let mut bytes = Vec::with_capacity(written);
-                for s in pieces(&stream.inner.shm.buffers, &slices, written) {
+                for s in pieces(&stream.inner.shm.buffers, slices, written) {
                     bytes.extend_from_slice(stream.inner.shm.bytes(s.data, s.len));
                 }
-                release(stream, &Reserved::Shm(slices));
+                release(stream, kind);
                 stream.send_fallback(&bytes)
             }
             (_, Reserved::Heap(bytes)) => stream.send_fallback(&bytes[..written]),
         }
+        // Drop gives the slice list back to the stream for the next reservation.
     }
 }
 
@@ -883,6 +889,12 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.done {
             release(self.stream, &self.kind);
+        }
+        // The list of slices is the stream's to reuse: no allocation per message.
+        if let Reserved::Shm(slices) = &mut self.kind {
+            let mut slices = std::mem::take(slices);
+            slices.clear();
+            *self.stream.spare.lock().unwrap_or_else(|e| e.into_inner()) = slices;
         }
     }
 }
