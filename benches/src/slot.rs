@@ -102,6 +102,7 @@ impl Slots {
         let len_word = self.payload(self.out, 0).wrapping_sub(SLOT_HEADER - 4);
         // SAFETY: offset 4 of the slot header, 4-aligned, inside the mapping; written only by
         // this side before the Release store that publishes it.
+        // SYNC: Relaxed; published by the Release store of the sequence word below.
         unsafe { AtomicU32::from_ptr(len_word.cast()) }.store(len as u32, Ordering::Relaxed);
         self.sent = self.sent.wrapping_add(1);
         // SYNC: Release; pairs with the Acquire load in the peer's `recv`, which then sees
@@ -142,6 +143,7 @@ impl Slots {
         let len_word = self.payload(self.inp, 0).wrapping_sub(SLOT_HEADER - 4);
         // SAFETY: offset 4 of the peer's slot header, 4-aligned, in the mapping; read after
         // the Acquire load above.
+        // SYNC: Relaxed; ordered by the Acquire load of the sequence word above.
         let len = unsafe { AtomicU32::from_ptr(len_word.cast()) }.load(Ordering::Relaxed) as usize;
         let ptr = self.payload(self.inp, len.min(self.max));
         // SAFETY: in range; the peer does not write its slot again until we reply.

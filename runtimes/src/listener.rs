@@ -35,6 +35,7 @@ struct Counters {
 
 impl Counters {
     fn failed(&self, peer: &socket::Peer, error: String) {
+        // SYNC: a statistic; read by failed_handshakes (Relaxed), orders nothing.
         self.failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target: "shmlink::listener", %peer, %error, "handshake failed");
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,6 +132,7 @@ impl Listener {
     /// Connections whose handshake failed (or that were refused because too many handshakes
     /// were in flight) since the listener started.
     pub fn failed_handshakes(&self) -> u64 {
+        // SYNC: a statistic, pairs with the Relaxed increments in Counters::failed.
         self.counters.failed.load(Ordering::Relaxed)
     }
 
@@ -175,6 +177,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        // SYNC: Release; pairs with the acceptor loop's Acquire load of the stop flag.
         self.stop.store(true, Ordering::Release);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
@@ -187,6 +190,7 @@ struct Pending<'a>(&'a Counters);
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
+        // SYNC: AcqRel on the in-flight count; pairs with the acceptor's fetch_add.
         self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -198,6 +202,7 @@ fn accept_loop(
     counters: &Arc<Counters>,
     stop: &AtomicBool,
 ) {
+    // SYNC: Acquire; pairs with the Release store in Listener::drop.
     while !stop.load(Ordering::Acquire) {
         let conn = match listener.accept_timeout(STOP_POLL) {
             Ok(conn) => conn,
@@ -210,7 +215,9 @@ fn accept_loop(
             }
         };
         let peer = conn.peer();
+        // SYNC: AcqRel; pairs with the fetch_sub of finished handshakes (Pending::drop).
         if counters.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HANDSHAKES {
+            // SYNC: AcqRel; undoes the fetch_add above, pairs with it.
             counters.pending.fetch_sub(1, Ordering::AcqRel);
             counters.failed(
                 &peer,
@@ -239,6 +246,7 @@ fn accept_loop(
                 }
             });
         if let Err(e) = spawned {
+            // SYNC: AcqRel; undoes the fetch_add above, pairs with it.
             counters.pending.fetch_sub(1, Ordering::AcqRel);
             counters.failed(
                 &socket::Peer::Unknown,

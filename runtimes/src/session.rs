@@ -342,6 +342,7 @@ impl Session {
 
     /// Whether the session has closed.
     pub fn is_closed(&self) -> bool {
+        // SYNC: Acquire; pairs with the AcqRel swap in Inner::shutdown.
         self.inner.closed.load(Ordering::Acquire)
     }
 
@@ -486,6 +487,7 @@ impl Inner {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
+        // SYNC: Acquire; pairs with the AcqRel swap in Inner::shutdown.
         self.closed.load(Ordering::Acquire)
     }
 
@@ -625,6 +627,7 @@ impl Inner {
 
     /// Marks the session closed, wakes everyone, and shuts the socket down.
     pub(crate) fn shutdown(&self, reason: CloseReason) {
+        // SYNC: AcqRel; the swap makes shutdown run once; pairs with the Acquire loads in is_closed.
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -106,6 +106,7 @@ pub fn wait_failures(listener: &shmlink::Listener, n: u64) -> Vec<shmlink::Hands
 pub fn unique(name: &str) -> String {
     // The clock alone can repeat for two tests starting at once: a counter makes it unique.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // SYNC: a unique counter; only atomicity matters, nothing is published through it.
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -316,6 +316,7 @@ impl SharedRegion {
 
     /// Whether dropping the region removes its file (file regions only; default: yes).
     pub fn set_remove_on_drop(&self, remove: bool) {
+        // SYNC: Relaxed; read in Drop, which the owner runs after this call (same thread or after a join).
         self.remove_on_drop.store(remove, Ordering::Relaxed);
     }
 
