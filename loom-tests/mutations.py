@@ -66,8 +66,8 @@ MUTATIONS = {
     ),
     "recycle-without-claim": (
         "core/src/buffer/mod.rs",
-        "        self.transition(abs, at.index, from, Ownership::NotOurs)?;\n        // The ledger",
-        "        let _ = self.ledger.transition(at.index, from, Ownership::NotOurs);\n        // The ledger",
+        "        self.transition(abs, at.index, from, Ownership::Recycled)?;\n        // The ledger",
+        "        let _ = self.ledger.transition(at.index, from, Ownership::Recycled);\n        // The ledger",
         # The ledger is the only guard since held slices are recycled whatever their IN_USE
         # flag says (shmipc-go reuses received slices with their flags reset).
         "buffer", "manager::two_threads_recycling_one_slice_recycle_it_once", "caught",

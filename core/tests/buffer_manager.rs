@@ -236,7 +236,7 @@ fn recycling_a_free_slice_or_a_non_slice_offset_is_refused() {
         Err(BufferError::BadSlice {
             offset: c.first(),
             fault: SliceFault::NotOwned {
-                state: Ownership::NotOurs
+                state: Ownership::Recycled
             }
         })
     );
@@ -438,11 +438,22 @@ fn a_received_chain_is_read_and_recycled_exactly_once() {
         receiver.recycle_chain(chain[0]),
         Err(BufferError::BadSlice {
             fault: SliceFault::NotOwned {
-                state: Ownership::NotOurs
+                state: Ownership::Recycled
             },
             ..
         })
     ));
+    // And a replayed element naming the chain again is refused: the slices are free and we
+    // recycled them (Go's reuse sends slices we sent it, never ones we recycled).
+    let mut again = Vec::new();
+    assert_eq!(
+        receiver.receive_chain(chain[0], &mut again),
+        Err(BufferError::BadSlice {
+            offset: chain[0],
+            fault: SliceFault::AnnouncedAgain
+        })
+    );
+    assert!(again.is_empty());
     assert!(receiver.all_free());
     let free: HashSet<u32> = receiver.lists()[0]
         .free_slices()

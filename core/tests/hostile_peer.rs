@@ -264,3 +264,41 @@ fn a_huge_cap_times_a_huge_slice_size_is_an_error_not_an_overflow() {
         "{err}"
     );
 }
+
+/// A chain announced again after we took delivery of it and recycled it is refused (the
+/// slices are free, IN_USE clear), while a slice we recycled that the peer allocated again
+/// (IN_USE set by its pop) is a new message and is delivered.
+#[test]
+fn a_chain_announced_again_after_we_recycled_it_is_refused_but_a_reallocated_slice_is_not() {
+    let mapping = Mapping::zeroed(64 << 10);
+    let m = ours(&mapping);
+    let peer = theirs(&mapping);
+    let chain = peer_sends(&peer, &[10]);
+    let mut server = Session::new(Side::Server, 3, 0);
+    let mut got = Vec::new();
+    server
+        .on_element(Element::data(2, chain[0]), &m, &mut record(&mut got))
+        .unwrap();
+    m.recycle(chain[0]).unwrap();
+    let err = server
+        .on_element(Element::data(2, chain[0]), &m, &mut record(&mut got))
+        .expect_err("a replay of a recycled chain must not be delivered again");
+    assert!(err.to_string().contains("announced again"), "{err}");
+    // The peer recycles one of its own after it (the last free slice is never handed out),
+    // then pops slices until it gets that one back, and sends it: that is new data.
+    let spare = peer.alloc(10).unwrap().first();
+    peer.recycle(spare).unwrap();
+    let again = loop {
+        let abs = peer.alloc(10).unwrap().first();
+        if abs == chain[0] {
+            break abs;
+        }
+    };
+    peer.set_len(again, 10).unwrap();
+    peer.hand_over(again).unwrap();
+    let mut fresh = Vec::new();
+    server
+        .on_element(Element::data(2, again), &m, &mut record(&mut fresh))
+        .unwrap();
+    assert!(fresh.iter().any(|d| d.starts_with("Shm")), "{fresh:?}");
+}

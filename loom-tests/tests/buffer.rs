@@ -284,7 +284,7 @@ mod manager {
                 "recycled {} times",
                 u8::from(mine) + u8::from(theirs)
             );
-            assert_eq!(m.ownership(x).unwrap(), Ownership::NotOurs);
+            assert_eq!(m.ownership(x).unwrap(), Ownership::Recycled);
             assert_full(&m.lists()[0]);
         });
     }
@@ -308,7 +308,7 @@ mod manager {
             m.recycle(held).unwrap();
             assert_eq!(t.join().unwrap(), 1);
             assert_eq!(m.ownership(sent).unwrap(), Ownership::Received);
-            assert_eq!(m.ownership(held).unwrap(), Ownership::NotOurs);
+            assert_eq!(m.ownership(held).unwrap(), Ownership::Recycled);
             m.recycle(sent).unwrap();
             assert!(m.all_free());
         });

@@ -55,8 +55,10 @@
 //! bound, deliver one message twice, or give one slice two owners: every offset and length it
 //! writes is validated once, from one read, and which slices this process holds is recorded
 //! in this process's memory (an ownership ledger), never taken from the shared flags. A chain
-//! announced twice, a slice we are still writing, a double recycle or a free list that hands
-//! us a slice we hold are refused and named. One client's failed handshake is logged and
+//! announced twice (while we hold it, or after we recycled it), a slice we are still writing,
+//! a double recycle or a free list that hands us a slice we hold are refused and named. The
+//! shared IN_USE flag is not required of a slice we sent the peer: shmipc-go resets it when it
+//! sends a received slice back (`ReleaseReadAndReuse`). One client's failed handshake is logged and
 //! counted by the [`Listener`]; it never ends the listener and never delays other clients.
 //!
 //! What remains:
@@ -64,12 +66,6 @@
 //! - the compat free list has no ABA tag on its head, as in shmipc-go (documented in
 //!   `loom-tests`), so a pop stalled while the whole list rotates could link a wrong head; the
 //!   next pop then refuses the corrupt link rather than follow it;
-//! - shmipc-go resets the flags of a slice it received and sends it back (its
-//!   `ReleaseReadAndReuse`), so a received slice's IN_USE flag proves nothing and is not
-//!   required; a peer that announces again a chain we already recycled is therefore not
-//!   refused, and the second recycle puts a slice into the shared free list twice: the peer
-//!   corrupts its own allocator as much as ours, and the pops that meet the damage refuse it
-//!   and close the session;
 //! - a peer that shrinks a region it handed us (a file, or a memfd it did not seal, as Go
 //!   never does) makes the next access to the cut-off pages raise SIGBUS in this process: a
 //!   crash, not a panic. Our own memfds are sealed; refusing unsealed peer regions is planned;

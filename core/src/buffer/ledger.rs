@@ -41,6 +41,10 @@ pub enum Ownership {
     Writing,
     /// Received from the peer and not yet recycled.
     Received,
+    /// Recycled by us into the free list, and not popped by us since. The peer may pop it
+    /// (its flags then say IN_USE) and send it; a chain naming it with IN_USE clear is one
+    /// we already had and gave back: announced again.
+    Recycled,
 }
 
 impl Ownership {
@@ -49,6 +53,7 @@ impl Ownership {
             Self::NotOurs => 0,
             Self::Writing => 1,
             Self::Received => 2,
+            Self::Recycled => 3,
         }
     }
 
@@ -56,7 +61,7 @@ impl Ownership {
         match bits & 3 {
             1 => Self::Writing,
             2 => Self::Received,
-            // 3 is never stored.
+            3 => Self::Recycled,
             _ => Self::NotOurs,
         }
     }

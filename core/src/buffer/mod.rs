@@ -176,6 +176,9 @@ pub enum SliceFault {
     },
     /// Our own chain did not end where its length says: a link in our slices was rewritten.
     ChainRewritten,
+    /// The slice is in the free list: we received it, recycled it, and nobody allocated it
+    /// since (its IN_USE flag is clear). The peer announced again a chain we already had.
+    AnnouncedAgain,
 }
 
 /// Errors of the buffer manager.
@@ -275,6 +278,11 @@ impl fmt::Display for BufferError {
                     SliceFault::ChainRewritten => {
                         write!(f, "a link of our own unsent chain was rewritten")
                     }
+                    SliceFault::AnnouncedAgain => write!(
+                        f,
+                        "the slice is free: we recycled it and nobody allocated it since \
+                         (a chain announced again)"
+                    ),
                 }
             }
         }
@@ -288,6 +296,7 @@ fn describe(state: Ownership) -> &'static str {
         Ownership::NotOurs => "not ours",
         Ownership::Writing => "we are still writing it",
         Ownership::Received => "we received it and have not recycled it",
+        Ownership::Recycled => "we recycled it",
     }
 }
 
@@ -812,8 +821,13 @@ impl<'a> BufferManager<'a> {
         let at = self.locate(abs)?;
         // A free list that hands us a slice we already hold was fed it by the peer (it
         // recycled one of ours): refuse the second ownership, leave the slice with its
-        // first owner.
-        self.transition(abs, at.index, Ownership::NotOurs, Ownership::Writing)?;
+        // first owner. A slice we recycled ourselves is free, as it should be.
+        match self.transition(abs, at.index, Ownership::NotOurs, Ownership::Writing) {
+            Err(_) if self.ledger.get(at.index) == Ownership::Recycled => {
+                self.transition(abs, at.index, Ownership::Recycled, Ownership::Writing)?;
+            }
+            other => other?,
+        }
         Ok(Some(abs))
     }
 
@@ -978,19 +992,17 @@ impl<'a> BufferManager<'a> {
     pub fn recycle(&self, abs: u32) -> Result<(), BufferError> {
         let at = self.locate(abs)?;
         let from = match self.ledger.get(at.index) {
-            Ownership::NotOurs => {
+            state @ (Ownership::NotOurs | Ownership::Recycled) => {
                 return Err(BufferError::BadSlice {
                     offset: abs,
-                    fault: SliceFault::NotOwned {
-                        state: Ownership::NotOurs,
-                    },
+                    fault: SliceFault::NotOwned { state },
                 });
             }
             held => held,
         };
         // Claim the recycle in the ledger first: of two threads recycling one slice, only
         // one gets past this, and the slice is not ours any more once it is in the free list.
-        self.transition(abs, at.index, from, Ownership::NotOurs)?;
+        self.transition(abs, at.index, from, Ownership::Recycled)?;
         // The ledger says we hold it, so it goes back whatever its flags say (a slice Go
         // reused for sending carries none).
         at.list.push_held(abs)
@@ -1052,13 +1064,31 @@ impl<'a> BufferManager<'a> {
             let Some(segment) = walk.next_located() else {
                 break Ok(());
             };
-            match segment.and_then(|(segment, index)| {
-                self.transition(
+            match segment.and_then(|(segment, index, in_use)| {
+                let taken = self.transition(
                     segment.slice,
                     index,
                     Ownership::NotOurs,
                     Ownership::Received,
-                )?;
+                );
+                match taken {
+                    // Free since we recycled it: only the peer's pop (IN_USE) makes it new.
+                    Err(_) if self.ledger.get(index) == Ownership::Recycled => {
+                        if !in_use {
+                            return Err(BufferError::BadSlice {
+                                offset: segment.slice,
+                                fault: SliceFault::AnnouncedAgain,
+                            });
+                        }
+                        self.transition(
+                            segment.slice,
+                            index,
+                            Ownership::Recycled,
+                            Ownership::Received,
+                        )?;
+                    }
+                    other => other?,
+                }
                 Ok(segment)
             }) {
                 Ok(segment) => out.push(segment),
@@ -1172,8 +1202,8 @@ pub struct ChainWalk<'m, 'a> {
 }
 
 impl ChainWalk<'_, '_> {
-    /// The next segment with its ledger index.
-    fn next_located(&mut self) -> Option<Result<(Segment, u32), BufferError>> {
+    /// The next segment with its ledger index and whether its IN_USE flag was set.
+    fn next_located(&mut self) -> Option<Result<(Segment, u32, bool), BufferError>> {
         let offset = self.next.take()?;
         let fail = |fault| Some(Err(BufferError::BadSlice { offset, fault }));
         if self.steps >= self.manager.total_slices {
@@ -1210,6 +1240,7 @@ impl ChainWalk<'_, '_> {
                 len: snap.len,
             },
             at.index,
+            snap.flags().contains(SliceFlags::IN_USE),
         )))
     }
 }
@@ -1218,6 +1249,7 @@ impl Iterator for ChainWalk<'_, '_> {
     type Item = Result<Segment, BufferError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_located().map(|r| r.map(|(segment, _)| segment))
+        self.next_located()
+            .map(|r| r.map(|(segment, _, _)| segment))
     }
 }
