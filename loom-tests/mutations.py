@@ -74,8 +74,8 @@ MUTATIONS = {
     ),
     "ledger-lost-update": (
         "core/src/buffer/ledger.rs",
-        "            match word\n                .0\n                .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)\n            {\n                Ok(_) => return Ok(()),\n                Err(actual) => current = actual,\n            }",
-        "            word.0.store(new, Ordering::Release);\n            let _ = &mut current;\n            return Ok(());",
+        "            match word\n                .0\n                .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)\n            {\n                Ok(_) => return Ok(found),\n                Err(actual) => current = actual,\n            }",
+        "            word.0.store(new, Ordering::Release);\n            let _ = &mut current;\n            return Ok(found);",
         "buffer", "manager::ledger_transitions_on_one_word_lose_no_update", "caught",
     ),
     "bad-next-once": (

@@ -125,6 +125,18 @@ impl<'a> Ledger<'a> {
         from: Ownership,
         to: Ownership,
     ) -> Result<(), Ownership> {
+        self.transition_from(index, |found| found == from, to)
+            .map(|_| ())
+    }
+
+    /// Moves slice `index` to `to` from whichever state `accept` takes, in one CAS; returns
+    /// the state it left, or on refusal the state found.
+    pub(crate) fn transition_from(
+        &self,
+        index: u32,
+        accept: impl Fn(Ownership) -> bool,
+        to: Ownership,
+    ) -> Result<Ownership, Ownership> {
         let (word, shift) = Self::locate(index);
         let Some(word) = self.words().get(word) else {
             return Err(Ownership::NotOurs);
@@ -136,7 +148,7 @@ impl<'a> Ledger<'a> {
         let mut current = word.0.load(Ordering::Acquire);
         loop {
             let found = Ownership::from_bits(current >> shift);
-            if found != from {
+            if !accept(found) {
                 return Err(found);
             }
             let new = (current & !mask) | (to.bits() << shift);
@@ -145,7 +157,7 @@ impl<'a> Ledger<'a> {
                 .0
                 .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(found),
                 Err(actual) => current = actual,
             }
         }

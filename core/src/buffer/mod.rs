@@ -822,12 +822,16 @@ impl<'a> BufferManager<'a> {
         // A free list that hands us a slice we already hold was fed it by the peer (it
         // recycled one of ours): refuse the second ownership, leave the slice with its
         // first owner. A slice we recycled ourselves is free, as it should be.
-        match self.transition(abs, at.index, Ownership::NotOurs, Ownership::Writing) {
-            Err(_) if self.ledger.get(at.index) == Ownership::Recycled => {
-                self.transition(abs, at.index, Ownership::Recycled, Ownership::Writing)?;
-            }
-            other => other?,
-        }
+        self.ledger
+            .transition_from(
+                at.index,
+                |s| matches!(s, Ownership::NotOurs | Ownership::Recycled),
+                Ownership::Writing,
+            )
+            .map_err(|state| BufferError::BadSlice {
+                offset: abs,
+                fault: SliceFault::AlreadyOwned { state },
+            })?;
         Ok(Some(abs))
     }
 
@@ -1065,30 +1069,21 @@ impl<'a> BufferManager<'a> {
                 break Ok(());
             };
             match segment.and_then(|(segment, index, in_use)| {
-                let taken = self.transition(
-                    segment.slice,
+                // Not ours, or free since we recycled it, where only the peer's pop (IN_USE)
+                // makes it new data; one CAS either way.
+                let taken = self.ledger.transition_from(
                     index,
-                    Ownership::NotOurs,
+                    |s| s == Ownership::NotOurs || (s == Ownership::Recycled && in_use),
                     Ownership::Received,
                 );
-                match taken {
-                    // Free since we recycled it: only the peer's pop (IN_USE) makes it new.
-                    Err(_) if self.ledger.get(index) == Ownership::Recycled => {
-                        if !in_use {
-                            return Err(BufferError::BadSlice {
-                                offset: segment.slice,
-                                fault: SliceFault::AnnouncedAgain,
-                            });
-                        }
-                        self.transition(
-                            segment.slice,
-                            index,
-                            Ownership::Recycled,
-                            Ownership::Received,
-                        )?;
-                    }
-                    other => other?,
-                }
+                taken.map_err(|state| BufferError::BadSlice {
+                    offset: segment.slice,
+                    fault: if state == Ownership::Recycled {
+                        SliceFault::AnnouncedAgain
+                    } else {
+                        SliceFault::AlreadyOwned { state }
+                    },
+                })?;
                 Ok(segment)
             }) {
                 Ok(segment) => out.push(segment),
