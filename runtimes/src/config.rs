@@ -30,6 +30,34 @@ pub enum Exhaustion {
     Error,
 }
 
+/// How a reader waits for the peer (DESIGN.md, "Sync modes"). Every mode speaks the same wire
+/// protocol: the receive queue's working flag means what it means in Go (1: the consumer is
+/// awake and will look at the queue, so the producer sends no Polling frame).
+///
+/// The default is [`Adaptive`](SyncMode::Adaptive): measured with the ping-pong harness on a
+/// 2-CPU machine it removes the wake-up syscalls of a round trip whose answer comes within the
+/// spin window, which is most of the round-trip time in `Event` mode, and it stops spinning
+/// after a few windows without an answer, so an idle or slow peer costs almost nothing
+/// (BENCHMARKS.md has the numbers per mode and runtime).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Go's behaviour: after draining the queue the reader lowers the flag and sleeps; the
+    /// peer sends a Polling frame on its next push (one socket write and one read per idle
+    /// period).
+    Event,
+    /// After draining, the reader keeps the flag up and looks at the queue again for up to
+    /// [`Config::spin_window`] before sleeping, re-polling by yielding (other tasks on its
+    /// executor thread run in between). One reader per session spins at a time; the window
+    /// shrinks after windows that ended without data and spinning stops after four of them
+    /// in a row (with a full-window probe every 32 waits); a process that can run on only one
+    /// CPU never spins.
+    #[default]
+    Adaptive,
+    /// A reader spins (yielding between looks) for as long as it waits: the lowest latency,
+    /// one busy CPU per waiting session. Falls back to `Event` on a single CPU.
+    Poll,
+}
+
 /// How a client creates and shares its memory. The server follows whatever the client does.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -66,6 +94,13 @@ pub struct Config {
     /// is owned by the connecting process's uid; anything else ends that handshake with an
     /// error naming the path and this setting.
     pub shm_dirs: Vec<std::path::PathBuf>,
+    /// How readers wait for the peer (default [`SyncMode::Adaptive`]). Either side may choose
+    /// its own mode; the wire protocol is the same.
+    pub sync: SyncMode,
+    /// How long an [`Adaptive`](SyncMode::Adaptive) reader looks at the queue before it
+    /// sleeps (default 50 us: above a same-host peer's turnaround for small messages, below
+    /// the cost of the two wake-ups it saves).
+    pub spin_window: Duration,
 }
 
 impl Default for Config {
@@ -84,6 +119,8 @@ impl Default for Config {
             shm_dirs: vec!["/dev/shm".into()],
             on_exhaustion: Exhaustion::Fallback,
             write_timeout: Duration::from_secs(10),
+            sync: SyncMode::Adaptive,
+            spin_window: Duration::from_micros(50),
         }
     }
 }

@@ -75,19 +75,25 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod async_stream;
 mod config;
+mod driver;
 mod error;
 mod listener;
+mod rt;
 mod session;
 #[allow(unsafe_code)]
 mod shm;
 #[allow(unsafe_code)]
 mod stream;
 
-pub use config::{Config, Exhaustion, MemMode};
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use async_stream::{AsyncSession, AsyncStream, ReadHalf, WriteHalf};
+pub use config::{Config, Exhaustion, MemMode, SyncMode};
 pub use error::Error;
 pub use listener::{HandshakeFailure, Listener};
 pub use session::Session;
 pub use shmlink_core::buffer::SizeClass;
 pub use shmlink_core::session::Metrics;
-pub use stream::{Pieces, Reservation, Stream, View};
+pub use stream::{Async, Blocking, Pieces, Reservation, Stream, View};

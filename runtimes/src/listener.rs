@@ -7,13 +7,16 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shmlink_linux::socket;
 
+use crate::rt::Runtime;
+use crate::session::{Handshaken, server_handshake};
 use crate::{Config, Error, Session};
 
 /// How often the acceptor thread looks at the stop flag.
@@ -85,7 +88,7 @@ pub struct HandshakeFailure {
 /// ```
 #[derive(Debug)]
 pub struct Listener {
-    ready: Mutex<Receiver<Session>>,
+    ready: Arc<Ready>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
@@ -105,7 +108,8 @@ impl Listener {
 
     fn start(inner: socket::Listener, config: Config) -> Result<Self, Error> {
         let tcp_addr = inner.local_tcp_addr();
-        let (tx, rx) = mpsc::sync_channel(READY_BACKLOG);
+        let ready = Arc::new(Ready::default());
+        let tx = Arc::clone(&ready);
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
@@ -116,7 +120,7 @@ impl Listener {
                 .map_err(Error::Io)?
         };
         Ok(Self {
-            ready: Mutex::new(rx),
+            ready,
             counters,
             stop,
             acceptor: Some(acceptor),
@@ -160,18 +164,95 @@ impl Listener {
     /// ready within `timeout`.
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Session, Error> {
         let deadline = Instant::now() + timeout;
+        let mut state = self.ready.lock();
         loop {
-            // Hold the receiver only briefly, so that concurrent callers each keep to their
-            // own timeout.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-            match ready.recv_timeout(left.min(STOP_POLL)) {
-                Ok(session) => return Ok(session),
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::ClosedLocally),
-                Err(RecvTimeoutError::Timeout) if left <= STOP_POLL => return Err(Error::Timeout),
-                Err(RecvTimeoutError::Timeout) => {}
+            if let Some(hs) = state.sessions.pop_front() {
+                drop(state);
+                return Ok(Session {
+                    inner: hs.start(Runtime::Blocking)?,
+                });
             }
+            if state.closed {
+                return Err(Error::ClosedLocally);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            state = self
+                .ready
+                .cv
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+    }
+
+    /// The next finished handshake, for the async accepts.
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    pub(crate) fn poll_handshaken(&self, cx: &mut Context<'_>) -> Poll<Result<Handshaken, Error>> {
+        let mut state = self.ready.lock();
+        if let Some(hs) = state.sessions.pop_front() {
+            return Poll::Ready(Ok(hs));
+        }
+        if state.closed {
+            return Poll::Ready(Err(Error::ClosedLocally));
+        }
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Sessions whose handshake finished, waiting for `accept`.
+#[derive(Default)]
+struct Ready {
+    state: Mutex<ReadyState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct ReadyState {
+    sessions: VecDeque<Handshaken>,
+    wakers: Vec<Waker>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready").finish_non_exhaustive()
+    }
+}
+
+impl Ready {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a session; false when the backlog is full.
+    fn push(&self, hs: Handshaken) -> bool {
+        let mut state = self.lock();
+        if state.sessions.len() >= READY_BACKLOG {
+            return false;
+        }
+        state.sessions.push_back(hs);
+        for w in state.wakers.drain(..) {
+            w.wake();
+        }
+        drop(state);
+        self.cv.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for w in state.wakers.drain(..) {
+            w.wake();
+        }
+        drop(state);
+        self.cv.notify_all();
     }
 }
 
@@ -182,6 +263,7 @@ impl Drop for Listener {
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
+        self.ready.close();
     }
 }
 
@@ -198,7 +280,7 @@ impl Drop for Pending<'_> {
 fn accept_loop(
     listener: &socket::Listener,
     config: &Config,
-    ready: &SyncSender<Session>,
+    ready: &Arc<Ready>,
     counters: &Arc<Counters>,
     stop: &AtomicBool,
 ) {
@@ -225,23 +307,24 @@ fn accept_loop(
             );
             continue;
         }
-        let (config, ready, shared) = (config.clone(), ready.clone(), Arc::clone(counters));
+        let (config, ready, shared) = (config.clone(), Arc::clone(ready), Arc::clone(counters));
         let spawned = std::thread::Builder::new()
             .name("shmlink-handshake".into())
             .spawn(move || {
                 // Gives the slot back however this thread ends, a panic included.
                 let _slot = Pending(&shared);
-                match Session::server(conn, config) {
-                    Ok(session) => match ready.try_send(session) {
-                        Ok(()) => {}
-                        // Nobody is accepting: close the session (on drop) rather than hold
-                        // it, its thread and its mappings.
-                        Err(TrySendError::Full(_)) => shared.failed(
-                            &peer,
-                            "the ready backlog is full (the application is not accepting)".into(),
-                        ),
-                        Err(TrySendError::Disconnected(_)) => {}
-                    },
+                match server_handshake(conn, config) {
+                    Ok(hs) => {
+                        // Nobody is accepting: drop the session (closing it) rather than hold
+                        // it and its mappings.
+                        if !ready.push(hs) {
+                            shared.failed(
+                                &peer,
+                                "the ready backlog is full (the application is not accepting)"
+                                    .into(),
+                            );
+                        }
+                    }
                     Err(error) => shared.failed(&peer, error.to_string()),
                 }
             });

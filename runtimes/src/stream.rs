@@ -1,32 +1,37 @@
-//! Streams: ordered byte streams multiplexed over a session (PROTOCOL.md 5).
+//! Streams: ordered byte streams multiplexed over a session (PROTOCOL.md 5), with the parts
+//! the blocking [`Stream`] and the async [`AsyncStream`](crate::AsyncStream) share.
 //!
-//! Writing: [`Stream::reserve`] hands out shared memory to write into directly (zero copy);
-//! [`Reservation::commit`] publishes it with one queue element. `Write` copies into shared
-//! memory and commits per call. When shared memory runs out, the bytes travel in a
-//! FallbackData frame instead, and the stream stays on the socket from then on (so bytes
-//! never overtake each other).
+//! Writing: `reserve` hands out shared memory to write into directly (zero copy); `commit`
+//! publishes it with one queue element. When shared memory runs out, the
+//! [`Exhaustion`](crate::Exhaustion) policy decides: wait for the peer to give memory back,
+//! fail, or send the bytes in a FallbackData frame (the stream then stays on the socket, so
+//! bytes never overtake each other).
 //!
-//! Reading: [`Stream::read_view`] returns the next received piece as a zero-copy [`View`]
-//! into shared memory, which returns its slice to the free list when dropped. `Read` copies.
-//! Message boundaries are not preserved (a stream is a byte stream, like TCP); frame your
-//! messages, for example with a length prefix.
+//! Reading: `read_view` returns the next received piece as a zero-copy [`View`] into shared
+//! memory; `read_bytes`/`peek`/`read_buf` give `bytes` types for framed protocols; `Read` and
+//! `AsyncRead` copy. Message boundaries are not preserved (a stream is a byte stream, like
+//! TCP); frame your messages, for example with a length prefix.
 
 use std::collections::VecDeque;
 use std::io;
+use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use shmlink_core::buffer::{BufferError, Segment};
 use shmlink_core::frame::{Frame, Message};
 use shmlink_core::queue::Element;
-use shmlink_core::session::{Piece, ReceiveBuffer, Route};
+use shmlink_core::session::{Piece, ReceiveBuffer};
 
-use crate::Error;
+use crate::driver::{Inner, WaitSlot};
 use crate::error::CloseReason;
-use crate::session::Inner;
+use crate::rt::{Timer, block_on, poll_fn};
+use crate::{Error, Exhaustion};
 
 #[derive(Default)]
 struct RecvState {
@@ -34,13 +39,27 @@ struct RecvState {
     peer_closed: bool,
     session_closed: Option<CloseReason>,
     local_closed: bool,
+    /// The task waiting to read, woken by deliveries.
+    reader: Option<Waker>,
 }
 
-/// The part of a stream the session's driver shares with the application.
+impl RecvState {
+    fn wake(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Bits of [`StreamShared::status`]: what a writer must know without a lock.
+const FALLBACK: u8 = 1;
+const PEER_CLOSED: u8 = 2;
+
+/// The part of a stream the session's pump shares with the application.
 pub(crate) struct StreamShared {
     id: u32,
     recv: Mutex<RecvState>,
-    cv: Condvar,
+    status: AtomicU8,
 }
 
 fn lock(m: &Mutex<RecvState>) -> MutexGuard<'_, RecvState> {
@@ -52,7 +71,7 @@ impl StreamShared {
         Self {
             id,
             recv: Mutex::new(RecvState::default()),
-            cv: Condvar::new(),
+            status: AtomicU8::new(0),
         }
     }
 
@@ -63,405 +82,205 @@ impl StreamShared {
             return Some(piece);
         }
         recv.buffer.push(piece);
-        drop(recv);
-        self.cv.notify_all();
+        recv.wake();
         None
     }
 
     pub(crate) fn peer_closed(&self) {
-        lock(&self.recv).peer_closed = true;
-        self.cv.notify_all();
+        // SYNC: Release; pairs with the Acquire load in Link::route.
+        self.status.fetch_or(PEER_CLOSED, Ordering::Release);
+        let mut recv = lock(&self.recv);
+        recv.peer_closed = true;
+        recv.wake();
     }
 
     pub(crate) fn session_closed(&self, reason: &CloseReason) {
-        lock(&self.recv).session_closed = Some(reason.clone());
-        self.cv.notify_all();
+        let mut recv = lock(&self.recv);
+        recv.session_closed = Some(reason.clone());
+        recv.wake();
     }
 }
 
-/// One stream of a session. Dropping it closes it (the peer is told, as Go does).
-pub struct Stream {
-    inner: Arc<Inner>,
-    shared: Arc<StreamShared>,
-    read_timeout: Option<Duration>,
-    write_timeout: Duration,
-    closed: bool,
-    /// Bytes taken out of the receive buffer (zero copy, as a `Bytes` owning its slice) and
-    /// not consumed yet: every read looks here first.
-    rest: Bytes,
+/// How the next write travels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Queue,
+    Fallback,
+}
+
+/// One open stream: closed on the wire when the last handle (stream or half) goes away.
+pub(crate) struct Link {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) shared: Arc<StreamShared>,
+    closed: AtomicBool,
     /// The slice list of the last reservation, kept for the next one.
     spare: Mutex<Vec<u32>>,
 }
 
-impl std::fmt::Debug for Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream")
-            .field("id", &self.shared.id)
-            .field("closed", &self.closed)
-            .finish()
-    }
-}
-
-impl Stream {
-    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<StreamShared>) -> Self {
-        let write_timeout = inner.write_timeout;
-        Self {
+impl Link {
+    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<StreamShared>) -> Arc<Self> {
+        Arc::new(Self {
             inner,
             shared,
-            read_timeout: None,
-            write_timeout,
-            closed: false,
-            rest: Bytes::new(),
+            closed: AtomicBool::new(false),
             spare: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The stream id (the client's first stream is 2).
-    pub fn id(&self) -> u32 {
-        self.shared.id
-    }
-
-    /// Bounds every blocking read (`None`: wait for ever, until data, end or session close).
-    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
-        self.read_timeout = timeout;
-    }
-
-    /// Bounds how long a write waits for shared memory or queue room under
-    /// [`Exhaustion::Wait`](crate::Exhaustion) (default: [`Config::write_timeout`](crate::Config)).
-    pub fn set_write_timeout(&mut self, timeout: Duration) {
-        self.write_timeout = timeout;
-    }
-
-    /// The write deadline of a write starting now, under the Wait policy.
-    fn write_deadline(&self) -> Option<Instant> {
-        (self.inner.on_exhaustion == crate::Exhaustion::Wait)
-            .then(|| Instant::now() + self.write_timeout)
-    }
-
-    /// Whether this stream now sends over the socket because shared memory ran out.
-    pub fn is_fallback(&self) -> bool {
-        matches!(
-            self.inner.lock_state().core.route(self.id()),
-            Ok(Route::Fallback)
-        )
-    }
-
-    fn route(&self) -> Result<Route, Error> {
-        let state = self.inner.live_state()?;
-        state.core.route(self.id()).map_err(Error::from)
-    }
-
-    /// Reserves `n` bytes to write into directly. In shared memory when possible (one slice
-    /// if `n` fits the largest slice size, else a chain), on the heap when shared memory is
-    /// exhausted or the stream is in fallback; [`Reservation::commit`] publishes it either way.
-    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, Error> {
-        if self.closed {
-            return Err(Error::StreamClosed);
-        }
-        let max = self.inner.max_frame_len;
-        // A write may have to travel as one FallbackData frame: 16 bytes of header and ids.
-        if n > max as usize - 16 {
-            return Err(Error::TooLarge { len: n, max });
-        }
-        let kind = match self.route()? {
-            Route::Fallback => Reserved::Heap(vec![0; n]),
-            Route::Queue if n == 0 => Reserved::Heap(Vec::new()),
-            Route::Queue => {
-                let buffers = &self.inner.shm.buffers;
-                // One allocation: enough room for the chain Go's policy builds for `n`.
-                let max = u64::from(buffers.max_slice_size().max(1));
-                let mut taken =
-                    std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
-                taken.reserve((n as u64 / max + 2).min(4096) as usize);
-                // The slices as this process took them, kept in process memory: never read
-                // back from links in shared memory, which the peer could rewrite.
-                let deadline = self.write_deadline();
-                let mut pause = Duration::from_micros(50);
-                loop {
-                    match buffers.alloc_into(n as u64, &mut taken) {
-                        Ok(_) => break Reserved::Shm(taken),
-                        Err(BufferError::NoMoreBuffer { .. }) => {
-                            self.inner
-                                .lock_state()
-                                .core
-                                .metrics_mut()
-                                .alloc_shm_error_count += 1;
-                            let exhausted = Error::SharedMemoryExhausted { requested: n };
-                            match self.inner.on_exhaustion {
-                                crate::Exhaustion::Fallback => break Reserved::Heap(vec![0; n]),
-                                crate::Exhaustion::Error => return Err(exhausted),
-                                // Waiting cannot help a write larger than all the memory.
-                                crate::Exhaustion::Wait if n as u64 > usable(buffers) => {
-                                    return Err(exhausted);
-                                }
-                                crate::Exhaustion::Wait => {}
-                            }
-                            if deadline.is_some_and(|d| Instant::now() >= d) {
-                                return Err(Error::Timeout);
-                            }
-                            // The peer gives memory back as it reads: look again soon, then
-                            // less often.
-                            std::thread::sleep(pause);
-                            pause = (pause * 2).min(Duration::from_millis(2));
-                            self.route()?;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        };
-        Ok(Reservation {
-            stream: self,
-            len: n,
-            kind,
-            done: false,
-            pos: 0,
         })
     }
 
-    /// Writes `data` as one flush (copied once, into shared memory).
-    pub fn send(&self, data: &[u8]) -> Result<(), Error> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut r = self.reserve(data.len())?;
-        r.write_at(0, data);
-        r.commit(data.len())
+    pub(crate) fn id(&self) -> u32 {
+        self.shared.id
     }
 
-    /// The next received piece, zero copy, or `None` at the end of the stream (the peer
-    /// closed it and everything before the close has been read).
-    pub fn read_view(&mut self) -> Result<Option<View>, Error> {
-        if !self.rest.is_empty() {
-            return Ok(Some(View {
-                inner: Arc::clone(&self.inner),
-                kind: ViewKind::Bytes(std::mem::take(&mut self.rest)),
-            }));
-        }
-        let mut recv = match self.wait_readable()? {
-            Some(recv) => recv,
-            None => return Ok(None),
-        };
-        let (piece, offset) = recv.buffer.pop_front().ok_or(Error::StreamClosed)?;
-        drop(recv);
-        let kind = match piece {
-            Piece::Shm(segment) => ViewKind::Shm {
-                segment,
-                start: offset as u32,
-            },
-            Piece::Heap(bytes) => ViewKind::Heap(bytes, offset),
-        };
-        Ok(Some(View {
-            inner: Arc::clone(&self.inner),
-            kind,
-        }))
-    }
-
-    fn read_deadline(&self) -> Option<Instant> {
-        self.read_timeout.map(|t| Instant::now() + t)
-    }
-
-    /// Waits for data, bounded by the read timeout; `None` means end of stream.
-    fn wait_readable(&self) -> Result<Option<MutexGuard<'_, RecvState>>, Error> {
-        self.wait_readable_until(self.read_deadline())
-    }
-
-    /// Waits for data until `deadline` (`None`: for ever); `None` means end of stream.
-    fn wait_readable_until(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<Option<MutexGuard<'_, RecvState>>, Error> {
-        let mut recv = lock(&self.shared.recv);
-        loop {
-            if recv.local_closed {
-                return Err(Error::StreamClosed);
-            }
-            if !recv.buffer.is_empty() {
-                return Ok(Some(recv));
-            }
-            if recv.peer_closed {
-                return Ok(None);
-            }
-            if let Some(reason) = &recv.session_closed {
-                return Err(reason.error());
-            }
-            recv = match deadline {
-                None => self.shared.cv.wait(recv).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(Error::Timeout);
-                    }
-                    self.shared
-                        .cv
-                        .wait_timeout(recv, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-    }
-
-    /// Bytes received and not yet read.
-    pub fn available(&self) -> usize {
-        let recv = lock(&self.shared.recv);
-        self.rest.len() + recv.buffer.len()
-    }
-
-    /// Reads exactly `n` bytes as [`Bytes`], waiting for them (bounded by the read timeout).
-    ///
-    /// No copy when the `n` bytes lie in one received slice: the `Bytes` then points into
-    /// shared memory, and the slice returns to its free list when the last `Bytes` (or other
-    /// reader) that uses it is dropped. Bytes spanning slices are copied once into a fresh
-    /// buffer. `Ok(None)` at the end of the stream; if the stream ends after fewer than `n`
-    /// bytes, [`Error::StreamEnded`] and the bytes stay readable.
-    ///
-    /// Not cancellation-relevant (blocking); on a timeout nothing is consumed.
-    ///
-    /// ```no_run
-    /// # fn demo(stream: &mut shmlink::Stream) -> Result<(), shmlink::Error> {
-    /// // A length-prefixed message, zero copy when it fits one slice.
-    /// if let Some(len) = stream.read_bytes(4)? {
-    ///     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    ///     let body = stream.read_bytes(len)?.ok_or(shmlink::Error::StreamEnded)?;
-    ///     assert_eq!(body.len(), len);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn read_bytes(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
-        if !self.fill_contiguous(n)? {
-            return Ok(None);
-        }
-        let bytes = self.rest.split_to(n);
-        self.release_empty_rest();
-        Ok(Some(bytes))
-    }
-
-    /// An empty `rest` still holding its slice's owner would keep the slice from its free
-    /// list; let it go.
-    fn release_empty_rest(&mut self) {
-        if self.rest.is_empty() {
-            self.rest = Bytes::new();
-        }
-    }
-
-    /// The next `n` bytes without consuming them (zero copy when they lie in one slice, as
-    /// [`read_bytes`](Self::read_bytes)); `Ok(None)` at the end of the stream.
-    pub fn peek(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
-        if !self.fill_contiguous(n)? {
-            return Ok(None);
-        }
-        Ok(Some(self.rest.slice(..n)))
-    }
-
-    /// Up to `n` received bytes as a chain of zero-copy pieces, one per slice, implementing
-    /// [`bytes::Buf`]; waits for at least one byte. `Ok(None)` at the end of the stream.
-    pub fn read_buf(&mut self, n: usize) -> Result<Option<Pieces>, Error> {
-        let mut pieces = Pieces::default();
-        while pieces.remaining() < n {
-            if self.rest.is_empty() {
-                // Wait (bounded by the read timeout) only for the first byte.
-                let wait = (pieces.remaining() == 0).then(|| self.read_deadline());
-                match self.next_piece(wait)? {
-                    Some(piece) => self.rest = piece,
-                    None => break,
-                }
-            }
-            let take = self.rest.len().min(n - pieces.remaining());
-            pieces.push(self.rest.split_to(take));
-            self.release_empty_rest();
-        }
-        Ok((pieces.remaining() > 0).then_some(pieces))
-    }
-
-    /// The next non-empty received piece as `Bytes` (zero copy), waiting until `deadline` if
-    /// given. `None`: nothing to take (end of stream, or nothing buffered and not waiting).
-    fn next_piece(&mut self, deadline: Option<Option<Instant>>) -> Result<Option<Bytes>, Error> {
-        loop {
-            let piece = match deadline {
-                Some(deadline) => match self.wait_readable_until(deadline)? {
-                    Some(mut recv) => recv.buffer.pop_front(),
-                    None => None,
-                },
-                None => lock(&self.shared.recv).buffer.pop_front(),
-            };
-            let Some((piece, offset)) = piece else {
-                return Ok(None);
-            };
-            let bytes = match piece {
-                Piece::Shm(segment) => Bytes::from_owner(View {
-                    inner: Arc::clone(&self.inner),
-                    kind: ViewKind::Shm {
-                        segment,
-                        start: offset as u32,
-                    },
-                }),
-                Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
-            };
-            // An empty piece (a peer may send an empty fallback frame) is no data: skip it,
-            // so a `Buf` never shows an empty chunk with bytes remaining.
-            if !bytes.is_empty() {
-                return Ok(Some(bytes));
-            }
-        }
-    }
-
-    /// Makes `rest` hold at least `n` contiguous bytes: zero copy when the first piece holds
-    /// them, else one copy of exactly the pieces needed. The read timeout bounds the whole
-    /// call. `Ok(false)` at the end of the stream with nothing read.
-    fn fill_contiguous(&mut self, n: usize) -> Result<bool, Error> {
-        if self.rest.len() >= n {
-            return Ok(true);
-        }
-        let deadline = self.read_timeout.map(|t| Instant::now() + t);
-        let mut parts: Vec<Bytes> = Vec::new();
-        let mut have = self.rest.len();
-        let outcome = loop {
-            if have >= n {
-                break Ok(true);
-            }
-            match self.next_piece(Some(deadline)) {
-                Ok(Some(piece)) => {
-                    have += piece.len();
-                    parts.push(piece);
-                }
-                Ok(None) if have == 0 => break Ok(false),
-                Ok(None) => break Err(Error::StreamEnded),
-                Err(e) => break Err(e),
-            }
-        };
-        // Whatever happened, nothing taken is lost: it all goes back into `rest`, copied once.
-        if !parts.is_empty() {
-            if self.rest.is_empty() && parts.len() == 1 {
-                self.rest = parts.pop().unwrap_or_default();
-            } else {
-                let mut joined = bytes::BytesMut::with_capacity(have);
-                joined.extend_from_slice(&self.rest);
-                for part in &parts {
-                    joined.extend_from_slice(part);
-                }
-                self.rest = joined.freeze();
-            }
-        }
-        outcome
+    fn is_closed(&self) -> bool {
+        // SYNC: Acquire; pairs with the AcqRel swap in close.
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Closes the stream: unread data is recycled and the peer is told (a close element, or
-    /// a StreamClose frame when the queue is full). Idempotent.
-    pub fn close(&mut self) {
-        if std::mem::replace(&mut self.closed, true) {
+    /// a StreamClose frame when the queue is full). Idempotent; never waits.
+    pub(crate) fn close(&self) {
+        // SYNC: AcqRel; the swap makes close run once.
+        if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         {
             let mut recv = lock(&self.shared.recv);
             recv.local_closed = true;
-            // Recycling is lock-free; doing it under the stream lock is fine.
-            recv.buffer.drain(|segment| self.inner.recycle(segment));
+            let inner = &self.inner;
+            recv.buffer.drain(|segment| inner.recycle(segment));
+            recv.wake();
         }
         self.inner.close_stream(self.id());
     }
 
-    fn publish(&self, slices: &[u32], written: usize) -> Result<(), Error> {
+    /// Whether this stream now sends over the socket because shared memory ran out.
+    pub(crate) fn is_fallback(&self) -> bool {
+        // SYNC: Acquire; pairs with the Release fetch_or in sent_fallback.
+        self.shared.status.load(Ordering::Acquire) & FALLBACK != 0
+    }
+
+    /// How the next write travels, from this stream's own flags (no session lock).
+    fn route(&self) -> Result<Route, Error> {
+        if self.inner.is_closed() {
+            return Err(self.inner.close_error());
+        }
+        if self.is_closed() {
+            return Err(Error::StreamClosed);
+        }
+        // SYNC: Acquire; pairs with the Release fetch_or in peer_closed and sent_fallback.
+        let status = self.shared.status.load(Ordering::Acquire);
+        if status & PEER_CLOSED != 0 {
+            return Err(Error::StreamClosed);
+        }
+        Ok(if status & FALLBACK != 0 {
+            Route::Fallback
+        } else {
+            Route::Queue
+        })
+    }
+
+    fn write_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (self.inner.settings.on_exhaustion == Exhaustion::Wait).then(|| Instant::now() + timeout)
+    }
+
+    /// Reserves `n` bytes: in shared memory when possible, on the heap when the stream is in
+    /// fallback or memory ran out under the Fallback policy; waits under the Wait policy.
+    async fn reserve_kind(&self, n: usize, write_timeout: Duration) -> Result<Reserved, Error> {
+        if self.is_closed() {
+            return Err(Error::StreamClosed);
+        }
+        let max = self.inner.settings.max_frame_len;
+        // A write may have to travel as one FallbackData frame: 16 bytes of header and ids.
+        if n > max as usize - 16 {
+            return Err(Error::TooLarge { len: n, max });
+        }
+        match self.route()? {
+            Route::Fallback => return Ok(Reserved::Heap(vec![0; n])),
+            Route::Queue if n == 0 => return Ok(Reserved::Heap(Vec::new())),
+            Route::Queue => {}
+        }
+        let buffers = &self.inner.shm.buffers;
+        // One allocation at most: enough room for the chain Go's policy builds for `n`.
+        let slice_max = u64::from(buffers.max_slice_size().max(1));
+        let mut taken = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        taken.reserve((n as u64 / slice_max + 2).min(4096) as usize);
+        let deadline = self.write_deadline(write_timeout);
+        let mut pause = Duration::from_micros(50);
+        let mut timer: Option<Box<dyn Timer>> = None;
+        loop {
+            // The slices as this process took them, kept in process memory: never read back
+            // from links in shared memory, which the peer could rewrite.
+            match buffers.alloc_into(n as u64, &mut taken) {
+                Ok(_) => return Ok(Reserved::Shm(taken)),
+                Err(BufferError::NoMoreBuffer { .. }) => {
+                    self.inner
+                        .lock_state()
+                        .core
+                        .metrics_mut()
+                        .alloc_shm_error_count += 1;
+                    let exhausted = Error::SharedMemoryExhausted { requested: n };
+                    match self.inner.settings.on_exhaustion {
+                        Exhaustion::Fallback => return Ok(Reserved::Heap(vec![0; n])),
+                        Exhaustion::Error => return Err(exhausted),
+                        // Waiting cannot help a write larger than all the memory.
+                        Exhaustion::Wait if n as u64 > usable(buffers) => return Err(exhausted),
+                        Exhaustion::Wait => {}
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::Timeout);
+                    }
+                    // The peer gives memory back as it reads, without telling us: look
+                    // again soon, then less often.
+                    self.inner.pause(&mut timer, pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(2));
+                    self.route()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Publishes `written` bytes of a reservation (one element, or one fallback frame), or
+    /// returns its slices.
+    async fn commit(
+        &self,
+        kind: &Reserved,
+        written: usize,
+        write_timeout: Duration,
+    ) -> Result<(), Error> {
+        if written == 0 {
+            release(self, kind);
+            return Ok(());
+        }
+        let route = match self.route() {
+            Ok(route) => route,
+            Err(e) => {
+                release(self, kind);
+                return Err(e);
+            }
+        };
+        match (route, kind) {
+            (Route::Queue, Reserved::Shm(slices)) => {
+                self.publish(slices, written, write_timeout).await
+            }
+            (Route::Fallback, Reserved::Shm(slices)) => {
+                let mut bytes = Vec::with_capacity(written);
+                for s in pieces(&self.inner.shm.buffers, slices, written) {
+                    bytes.extend_from_slice(self.inner.shm.bytes(s.data, s.len));
+                }
+                release(self, kind);
+                self.send_fallback(&bytes).await
+            }
+            (_, Reserved::Heap(bytes)) => self.send_fallback(&bytes[..written]).await,
+        }
+    }
+
+    async fn publish(
+        &self,
+        slices: &[u32],
+        written: usize,
+        write_timeout: Duration,
+    ) -> Result<(), Error> {
         let buffers = &self.inner.shm.buffers;
         let mut used = 0;
         let prepared = (|| {
@@ -493,9 +312,11 @@ impl Stream {
         for &slice in &slices[used..] {
             let _ = buffers.recycle(slice);
         }
+        let deadline = self.write_deadline(write_timeout);
         match self
             .inner
-            .push_element(Element::data(self.id(), slices[0]), self.write_deadline())
+            .push_element(Element::data(self.id(), slices[0]), deadline)
+            .await
         {
             Ok(Ok(())) => {}
             // Pushed, but the wake-up failed and the session is closing: the slices are the
@@ -511,27 +332,416 @@ impl Stream {
                 return Err(e);
             }
         }
-        self.inner.lock_state().core.sent_queue(written as u64);
+        self.inner.count_out_flow(written as u64);
         Ok(())
     }
 
-    fn send_fallback(&self, data: &[u8]) -> Result<(), Error> {
-        let version = self.inner.lock_state().core.version();
+    async fn send_fallback(&self, data: &[u8]) -> Result<(), Error> {
         let frame = Frame::new(
-            version,
+            self.inner.version(),
             Message::FallbackData {
                 stream_id: self.id(),
                 status: 0,
                 data,
             },
         );
-        self.inner.send_frame(&frame)?;
+        self.inner.send_frame(&frame).await?;
+        // SYNC: Release; pairs with the Acquire loads in route and is_fallback.
+        self.shared.status.fetch_or(FALLBACK, Ordering::Release);
         let now = self.inner.now_ms();
         self.inner
             .lock_state()
             .core
             .sent_fallback(self.id(), data.len() as u64, now);
         Ok(())
+    }
+
+    /// Reserves, copies `data` in and commits: one flush.
+    pub(crate) async fn send(&self, data: &[u8], write_timeout: Duration) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut r = Reservation::<Blocking>::new(
+            self,
+            data.len(),
+            self.reserve_kind(data.len(), write_timeout).await?,
+            write_timeout,
+        );
+        r.write_at(0, data);
+        r.done = true;
+        let result = self.commit(&r.kind, data.len(), write_timeout).await;
+        drop(r);
+        result
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The read side of a stream: bytes taken out of the receive buffer and not consumed yet, and
+/// the waiter's bookkeeping.
+pub(crate) struct ReadSide {
+    /// Bytes taken out of the receive buffer (zero copy, as a `Bytes` owning its slice) and
+    /// not consumed yet: every read looks here first.
+    rest: Bytes,
+    slot: WaitSlot,
+    pub(crate) read_timeout: Option<Duration>,
+}
+
+impl ReadSide {
+    pub(crate) fn new() -> Self {
+        Self {
+            rest: Bytes::new(),
+            slot: WaitSlot::new(),
+            read_timeout: None,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.read_timeout.map(|t| Instant::now() + t)
+    }
+
+    /// Bytes received and not yet read.
+    pub(crate) fn available(&self, link: &Link) -> usize {
+        link.inner.pump_now();
+        self.rest.len() + lock(&link.shared.recv).buffer.len()
+    }
+
+    /// Waits until the receive buffer has data (`true`) or the stream ended (`false`).
+    /// Cancellation-safe: nothing is taken from the buffer.
+    pub(crate) fn poll_readable(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &Link,
+        deadline: Option<Instant>,
+    ) -> Poll<Result<bool, Error>> {
+        let shared = &link.shared;
+        link.inner.poll_wait(cx, &mut self.slot, deadline, |cx| {
+            let mut recv = lock(&shared.recv);
+            if recv.local_closed {
+                return Some(Err(Error::StreamClosed));
+            }
+            if !recv.buffer.is_empty() {
+                return Some(Ok(true));
+            }
+            if recv.peer_closed {
+                return Some(Ok(false));
+            }
+            if let Some(reason) = &recv.session_closed {
+                return Some(Err(reason.error()));
+            }
+            match &recv.reader {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => recv.reader = Some(cx.waker().clone()),
+            }
+            None
+        })
+    }
+
+    async fn readable(&mut self, link: &Link, deadline: Option<Instant>) -> Result<bool, Error> {
+        poll_fn(|cx| self.poll_readable(cx, link, deadline)).await
+    }
+
+    /// The next received piece, zero copy, or `None` at the end of the stream.
+    pub(crate) async fn read_view(&mut self, link: &Arc<Link>) -> Result<Option<View>, Error> {
+        if !self.rest.is_empty() {
+            return Ok(Some(View {
+                inner: Arc::clone(&link.inner),
+                kind: ViewKind::Bytes(std::mem::take(&mut self.rest)),
+            }));
+        }
+        let deadline = self.deadline();
+        loop {
+            if !self.readable(link, deadline).await? {
+                return Ok(None);
+            }
+            let Some((piece, offset)) = lock(&link.shared.recv).buffer.pop_front() else {
+                continue;
+            };
+            let kind = match piece {
+                Piece::Shm(segment) => ViewKind::Shm {
+                    segment,
+                    start: offset as u32,
+                },
+                Piece::Heap(bytes) => ViewKind::Heap(bytes, offset),
+            };
+            return Ok(Some(View {
+                inner: Arc::clone(&link.inner),
+                kind,
+            }));
+        }
+    }
+
+    /// The next non-empty received piece as `Bytes` (zero copy), waiting until `deadline` if
+    /// `wait`. `None`: nothing to take (end of stream, or nothing buffered and not waiting).
+    async fn next_piece(
+        &mut self,
+        link: &Link,
+        wait: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Bytes>, Error> {
+        loop {
+            if wait && !self.readable(link, deadline).await? {
+                return Ok(None);
+            }
+            let Some((piece, offset)) = lock(&link.shared.recv).buffer.pop_front() else {
+                if wait {
+                    continue;
+                }
+                return Ok(None);
+            };
+            let bytes = match piece {
+                Piece::Shm(segment) => Bytes::from_owner(View {
+                    inner: Arc::clone(&link.inner),
+                    kind: ViewKind::Shm {
+                        segment,
+                        start: offset as u32,
+                    },
+                }),
+                Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
+            };
+            // An empty piece (a peer may send an empty fallback frame) is no data: skip it,
+            // so a `Buf` never shows an empty chunk with bytes remaining.
+            if !bytes.is_empty() {
+                return Ok(Some(bytes));
+            }
+        }
+    }
+
+    /// Makes `rest` hold at least `n` contiguous bytes: zero copy when the first piece holds
+    /// them, else copied once per piece joined. The read timeout bounds the whole call.
+    /// `Ok(false)` at the end of the stream with nothing read. Cancellation-safe: what was
+    /// taken is in `rest` at every await.
+    async fn fill_contiguous(&mut self, link: &Link, n: usize) -> Result<bool, Error> {
+        let deadline = self.deadline();
+        while self.rest.len() < n {
+            match self.next_piece(link, true, deadline).await? {
+                Some(piece) if self.rest.is_empty() => self.rest = piece,
+                Some(piece) => {
+                    let mut joined = bytes::BytesMut::with_capacity(self.rest.len() + piece.len());
+                    joined.extend_from_slice(&self.rest);
+                    joined.extend_from_slice(&piece);
+                    self.rest = joined.freeze();
+                }
+                None if self.rest.is_empty() => return Ok(false),
+                None => return Err(Error::StreamEnded),
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) async fn read_bytes(&mut self, link: &Link, n: usize) -> Result<Option<Bytes>, Error> {
+        if !self.fill_contiguous(link, n).await? {
+            return Ok(None);
+        }
+        let bytes = self.rest.split_to(n);
+        self.release_empty_rest();
+        Ok(Some(bytes))
+    }
+
+    pub(crate) async fn peek(&mut self, link: &Link, n: usize) -> Result<Option<Bytes>, Error> {
+        if !self.fill_contiguous(link, n).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.rest.slice(..n)))
+    }
+
+    pub(crate) async fn read_buf(&mut self, link: &Link, n: usize) -> Result<Option<Pieces>, Error> {
+        let deadline = self.deadline();
+        let mut pieces = Pieces::default();
+        while pieces.remaining() < n {
+            if self.rest.is_empty() {
+                // Wait (bounded by the read timeout) only for the first byte.
+                let wait = pieces.remaining() == 0;
+                match self.next_piece(link, wait, deadline).await? {
+                    Some(piece) => self.rest = piece,
+                    None => break,
+                }
+            }
+            let take = self.rest.len().min(n - pieces.remaining());
+            pieces.push(self.rest.split_to(take));
+            self.release_empty_rest();
+        }
+        Ok((pieces.remaining() > 0).then_some(pieces))
+    }
+
+    /// An empty `rest` still holding its slice's owner would keep the slice from its free
+    /// list; let it go.
+    fn release_empty_rest(&mut self) {
+        if self.rest.is_empty() {
+            self.rest = Bytes::new();
+        }
+    }
+
+    /// Copies received bytes into `buf` (no allocation); `Ok(0)` at the end of the stream.
+    pub(crate) fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &Link,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Poll<Result<usize, Error>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if !self.rest.is_empty() {
+            let n = self.rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.rest[..n]);
+            self.rest.advance(n);
+            self.release_empty_rest();
+            return Poll::Ready(Ok(n));
+        }
+        loop {
+            match self.poll_readable(cx, link, deadline) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let inner = &link.inner;
+            let n = lock(&link.shared.recv).buffer.read(
+                buf,
+                |segment| inner.shm.bytes(segment.data, segment.len),
+                |segment| inner.recycle(segment),
+            );
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+        }
+    }
+
+    /// The read side is going away: give up any spin it holds for the session.
+    pub(crate) fn forget(&mut self, link: &Link) {
+        link.inner.forget(&mut self.slot);
+    }
+}
+
+/// One stream of a session, blocking API. Dropping it closes it (the peer is told, as Go does).
+///
+/// ```no_run
+/// use std::io::{Read, Write};
+/// # fn demo(session: &shmlink::Session) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut stream = session.open_stream()?;
+/// stream.write_all(b"hello")?; // copied into shared memory and published
+/// let mut reply = [0u8; 5];
+/// stream.read_exact(&mut reply)?;
+/// # Ok(()) }
+/// ```
+pub struct Stream {
+    link: Arc<Link>,
+    read: ReadSide,
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("id", &self.link.id())
+            .field("closed", &self.link.is_closed())
+            .finish()
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<StreamShared>) -> Self {
+        let write_timeout = inner.settings.write_timeout;
+        Self {
+            link: Link::new(inner, shared),
+            read: ReadSide::new(),
+            write_timeout,
+        }
+    }
+
+    /// The stream id (the client's first stream is 2).
+    pub fn id(&self) -> u32 {
+        self.link.id()
+    }
+
+    /// Bounds every blocking read (`None`: wait for ever, until data, end or session close).
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read.read_timeout = timeout;
+    }
+
+    /// Bounds how long a write waits for shared memory or queue room under
+    /// [`Exhaustion::Wait`](crate::Exhaustion) (default: [`Config::write_timeout`](crate::Config)).
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.write_timeout = timeout;
+    }
+
+    /// Whether this stream now sends over the socket because shared memory ran out.
+    pub fn is_fallback(&self) -> bool {
+        self.link.is_fallback()
+    }
+
+    /// Reserves `n` bytes to write into directly. In shared memory when possible (one slice
+    /// if `n` fits the largest slice size, else a chain), on the heap when shared memory is
+    /// exhausted under the Fallback policy or the stream is in fallback;
+    /// [`Reservation::commit`] publishes it either way.
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, Error> {
+        let kind = block_on(self.link.reserve_kind(n, self.write_timeout))?;
+        Ok(Reservation::new(&self.link, n, kind, self.write_timeout))
+    }
+
+    /// Writes `data` as one flush (copied once, into shared memory).
+    pub fn send(&self, data: &[u8]) -> Result<(), Error> {
+        block_on(self.link.send(data, self.write_timeout))
+    }
+
+    /// The next received piece, zero copy, or `None` at the end of the stream (the peer
+    /// closed it and everything before the close has been read).
+    pub fn read_view(&mut self) -> Result<Option<View>, Error> {
+        block_on(self.read.read_view(&self.link))
+    }
+
+    /// Bytes received and not yet read (takes in what the peer sent meanwhile; never
+    /// waits).
+    pub fn available(&self) -> usize {
+        self.read.available(&self.link)
+    }
+
+    /// Reads exactly `n` bytes as [`Bytes`], waiting for them (bounded by the read timeout).
+    ///
+    /// No copy when the `n` bytes lie in one received slice: the `Bytes` then points into
+    /// shared memory, and the slice returns to its free list when the last `Bytes` (or other
+    /// reader) that uses it is dropped. Bytes spanning slices are copied once into a fresh
+    /// buffer. `Ok(None)` at the end of the stream; if the stream ends after fewer than `n`
+    /// bytes, [`Error::StreamEnded`] and the bytes stay readable. On a timeout nothing is
+    /// consumed.
+    ///
+    /// ```no_run
+    /// # fn demo(stream: &mut shmlink::Stream) -> Result<(), shmlink::Error> {
+    /// // A length-prefixed message, zero copy when it fits one slice.
+    /// if let Some(len) = stream.read_bytes(4)? {
+    ///     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    ///     let body = stream.read_bytes(len)?.ok_or(shmlink::Error::StreamEnded)?;
+    ///     assert_eq!(body.len(), len);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn read_bytes(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
+        block_on(self.read.read_bytes(&self.link, n))
+    }
+
+    /// The next `n` bytes without consuming them (zero copy when they lie in one slice, as
+    /// [`read_bytes`](Self::read_bytes)); `Ok(None)` at the end of the stream.
+    pub fn peek(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
+        block_on(self.read.peek(&self.link, n))
+    }
+
+    /// Up to `n` received bytes as a chain of zero-copy pieces, one per slice, implementing
+    /// [`bytes::Buf`]; waits for at least one byte. `Ok(None)` at the end of the stream.
+    pub fn read_buf(&mut self, n: usize) -> Result<Option<Pieces>, Error> {
+        block_on(self.read.read_buf(&self.link, n))
+    }
+
+    /// Closes the stream: unread data is recycled and the peer is told (a close element, or
+    /// a StreamClose frame when the queue is full). Idempotent.
+    pub fn close(&mut self) {
+        self.read.forget(&self.link);
+        self.link.close();
     }
 }
 
@@ -543,25 +753,9 @@ impl Drop for Stream {
 
 impl io::Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if !self.rest.is_empty() {
-            let n = self.rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&self.rest[..n]);
-            self.rest.advance(n);
-            self.release_empty_rest();
-            return Ok(n);
-        }
-        let Some(mut recv) = self.wait_readable()? else {
-            return Ok(0);
-        };
-        let shm = &self.inner.shm;
-        Ok(recv.buffer.read(
-            buf,
-            |segment| shm.bytes(segment.data, segment.len),
-            |segment| self.inner.recycle(segment),
-        ))
+        let deadline = self.read.deadline();
+        let (read, link) = (&mut self.read, &self.link);
+        Ok(block_on(poll_fn(|cx| read.poll_read_into(cx, link, buf, deadline)))?)
     }
 }
 
@@ -612,14 +806,23 @@ fn pieces<'b>(
     })
 }
 
-enum Reserved {
+pub(crate) enum Reserved {
     /// Slices of shared memory, as allocated (absolute offsets, chain order).
     Shm(Vec<u32>),
     Heap(Vec<u8>),
 }
 
-/// Space reserved on a stream, written in place and published by [`commit`](Self::commit).
-/// Dropping it unpublished returns its slices.
+/// The blocking flavour of a [`Reservation`]: `commit` blocks.
+#[derive(Debug)]
+pub struct Blocking;
+
+/// The async flavour of a [`Reservation`]: `commit` is a future.
+#[derive(Debug)]
+pub struct Async;
+
+/// Space reserved on a stream, written in place and published by `commit`. Dropping it
+/// unpublished returns its slices. It implements [`bytes::BufMut`] and [`io::Write`], so a
+/// serializer can encode straight into shared memory.
 ///
 /// ```no_run
 /// # fn demo(stream: &shmlink::Stream) -> Result<(), shmlink::Error> {
@@ -630,16 +833,18 @@ enum Reserved {
 /// r.commit(4 + payload.len())?;
 /// # Ok(()) }
 /// ```
-pub struct Reservation<'s> {
-    stream: &'s Stream,
+pub struct Reservation<'s, M = Blocking> {
+    link: &'s Link,
     len: usize,
     kind: Reserved,
     done: bool,
     /// Where `BufMut` and `io::Write` write next.
     pos: usize,
+    write_timeout: Duration,
+    mode: PhantomData<M>,
 }
 
-impl std::fmt::Debug for Reservation<'_> {
+impl<M> std::fmt::Debug for Reservation<'_, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
             .field("len", &self.len)
@@ -648,7 +853,19 @@ impl std::fmt::Debug for Reservation<'_> {
     }
 }
 
-impl Reservation<'_> {
+impl<'s, M> Reservation<'s, M> {
+    pub(crate) fn new(link: &'s Link, len: usize, kind: Reserved, write_timeout: Duration) -> Self {
+        Self {
+            link,
+            len,
+            kind,
+            done: false,
+            pos: 0,
+            write_timeout,
+            mode: PhantomData,
+        }
+    }
+
     /// Bytes reserved.
     pub fn len(&self) -> usize {
         self.len
@@ -670,13 +887,14 @@ impl Reservation<'_> {
         match &mut self.kind {
             Reserved::Heap(v) => vec![v.as_mut_slice()],
             Reserved::Shm(slices) => {
+                let shm = &self.link.inner.shm;
                 let mut out = Vec::with_capacity(slices.len());
                 out.extend(
-                    pieces(&self.stream.inner.shm.buffers, slices, self.len)
+                    pieces(&shm.buffers, slices, self.len)
                         // SAFETY: each slice was allocated by us for this reservation and is
                         // neither published nor recycled while `self` is mutably borrowed;
                         // the pieces are disjoint slices.
-                        .map(|s| unsafe { self.stream.inner.shm.bytes_mut(s.data, s.len) }),
+                        .map(|s| unsafe { shm.bytes_mut(s.data, s.len) }),
                 );
                 out
             }
@@ -695,17 +913,22 @@ impl Reservation<'_> {
         );
         let mut skip = offset;
         let mut data = data;
-        for piece in self.chunks_mut() {
-            if data.is_empty() {
+        let mut at = 0;
+        while !data.is_empty() {
+            let piece = self.piece_at(at);
+            let plen = piece.len();
+            if plen == 0 {
                 break;
             }
-            if skip >= piece.len() {
-                skip -= piece.len();
+            if skip >= plen {
+                skip -= plen;
+                at += plen;
                 continue;
             }
-            let n = (piece.len() - skip).min(data.len());
+            let n = (plen - skip).min(data.len());
             piece[skip..skip + n].copy_from_slice(&data[..n]);
             data = &data[n..];
+            at += plen;
             skip = 0;
         }
     }
@@ -713,6 +936,38 @@ impl Reservation<'_> {
     /// Bytes written so far through [`BufMut`] or [`io::Write`] (the write cursor).
     pub fn written(&self) -> usize {
         self.pos
+    }
+
+    /// The writable piece holding byte `pos` of the reservation, from `pos` on.
+    fn piece_at(&mut self, pos: usize) -> &mut [u8] {
+        match &mut self.kind {
+            Reserved::Heap(v) => &mut v[pos.min(self.len)..],
+            Reserved::Shm(slices) => {
+                let shm = &self.link.inner.shm;
+                let mut skip = pos;
+                for s in pieces(&shm.buffers, slices, self.len) {
+                    if skip < s.len as usize {
+                        // SAFETY: the slice was allocated by us for this reservation and is
+                        // neither published nor recycled while `self` is mutably borrowed.
+                        let piece = unsafe { shm.bytes_mut(s.data, s.len) };
+                        return &mut piece[skip..];
+                    }
+                    skip -= s.len as usize;
+                }
+                &mut []
+            }
+        }
+    }
+}
+
+impl Reservation<'_, Blocking> {
+    /// Publishes the first `written` bytes (one queue element, or one fallback frame) and
+    /// returns any unused slices.
+    pub fn commit(mut self, written: usize) -> Result<(), Error> {
+        self.done = true;
+        let written = written.min(self.len);
+        block_on(self.link.commit(&self.kind, written, self.write_timeout))
+        // Drop gives the slice list back to the stream for the next reservation.
     }
 
     /// Publishes what was written through [`BufMut`] or [`io::Write`]: `commit(written())`.
@@ -730,59 +985,24 @@ impl Reservation<'_> {
         let n = self.pos;
         self.commit(n)
     }
+}
 
-    /// The writable piece holding byte `pos` of the reservation, from `pos` on.
-    fn piece_at(&mut self, pos: usize) -> &mut [u8] {
-        match &mut self.kind {
-            Reserved::Heap(v) => &mut v[pos..],
-            Reserved::Shm(slices) => {
-                let shm = &self.stream.inner.shm;
-                let mut skip = pos;
-                for s in pieces(&shm.buffers, slices, self.len) {
-                    if skip < s.len as usize {
-                        // SAFETY: the slice was allocated by us for this reservation and is
-                        // neither published nor recycled while `self` is mutably borrowed.
-                        let piece = unsafe { shm.bytes_mut(s.data, s.len) };
-                        return &mut piece[skip..];
-                    }
-                    skip -= s.len as usize;
-                }
-                &mut []
-            }
-        }
-    }
-
+impl Reservation<'_, Async> {
     /// Publishes the first `written` bytes (one queue element, or one fallback frame) and
     /// returns any unused slices.
-    pub fn commit(mut self, written: usize) -> Result<(), Error> {
+    ///
+    /// Cancellation: dropping the future before it completes may lose the message (the
+    /// reservation is consumed); a message is published at most once.
+    pub async fn commit(mut self, written: usize) -> Result<(), Error> {
         self.done = true;
         let written = written.min(self.len);
-        let stream = self.stream;
-        let kind = &self.kind;
-        if written == 0 {
-            release(stream, kind);
-            return Ok(());
-        }
-        let route = match stream.route() {
-            Ok(route) => route,
-            Err(e) => {
-                release(stream, kind);
-                return Err(e);
-            }
-        };
-        match (route, kind) {
-            (Route::Queue, Reserved::Shm(slices)) => stream.publish(slices, written),
-            (Route::Fallback, Reserved::Shm(slices)) => {
-                let mut bytes = Vec::with_capacity(written);
-                for s in pieces(&stream.inner.shm.buffers, slices, written) {
-                    bytes.extend_from_slice(stream.inner.shm.bytes(s.data, s.len));
-                }
-                release(stream, kind);
-                stream.send_fallback(&bytes)
-            }
-            (_, Reserved::Heap(bytes)) => stream.send_fallback(&bytes[..written]),
-        }
-        // Drop gives the slice list back to the stream for the next reservation.
+        self.link.commit(&self.kind, written, self.write_timeout).await
+    }
+
+    /// Publishes what was written through [`BufMut`] or [`io::Write`].
+    pub async fn commit_written(self) -> Result<(), Error> {
+        let n = self.pos;
+        self.commit(n).await
     }
 }
 
@@ -790,7 +1010,7 @@ impl Reservation<'_> {
 // (memory this reservation owns: its slices or its heap buffer), `remaining_mut` is exactly
 // what is left of it, and `advance_mut` refuses to move the cursor past the end, so the cursor
 // only ever covers bytes that were written through `chunk_mut`.
-unsafe impl BufMut for Reservation<'_> {
+unsafe impl<M> BufMut for Reservation<'_, M> {
     fn remaining_mut(&self) -> usize {
         self.len - self.pos
     }
@@ -811,13 +1031,16 @@ unsafe impl BufMut for Reservation<'_> {
 
 /// Copies into the reservation at the cursor; a full reservation writes 0 bytes (so
 /// `write_all` past the end is a `WriteZero` error, never a reallocation).
-impl io::Write for Reservation<'_> {
+impl<M> io::Write for Reservation<'_, M> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() && self.pos < self.len {
             let pos = self.pos;
             let piece = self.piece_at(pos);
             let n = piece.len().min(buf.len() - done);
+            if n == 0 {
+                break;
+            }
             piece[..n].copy_from_slice(&buf[done..done + n]);
             self.pos += n;
             done += n;
@@ -830,9 +1053,31 @@ impl io::Write for Reservation<'_> {
     }
 }
 
-/// Received bytes as a chain of pieces (one per slice, zero copy), from
-/// [`Stream::read_buf`]; a [`bytes::Buf`]. Each slice returns to its free list when its piece
-/// is consumed or the chain is dropped.
+fn release(link: &Link, kind: &Reserved) {
+    if let Reserved::Shm(slices) = kind {
+        for &slice in slices {
+            let _ = link.inner.shm.buffers.recycle(slice);
+        }
+    }
+}
+
+impl<M> Drop for Reservation<'_, M> {
+    fn drop(&mut self) {
+        if !self.done {
+            release(self.link, &self.kind);
+        }
+        // The list of slices is the stream's to reuse: no allocation per message.
+        if let Reserved::Shm(slices) = &mut self.kind {
+            let mut slices = std::mem::take(slices);
+            slices.clear();
+            *self.link.spare.lock().unwrap_or_else(|e| e.into_inner()) = slices;
+        }
+    }
+}
+
+/// Received bytes as a chain of pieces (one per slice, zero copy), from `read_buf`; a
+/// [`bytes::Buf`]. Each slice returns to its free list when its piece is consumed or the
+/// chain is dropped.
 #[derive(Debug, Default)]
 pub struct Pieces {
     pieces: VecDeque<Bytes>,
@@ -873,28 +1118,6 @@ impl Buf for Pieces {
             }
             cnt -= front.len();
             self.pieces.pop_front();
-        }
-    }
-}
-
-fn release(stream: &Stream, kind: &Reserved) {
-    if let Reserved::Shm(slices) = kind {
-        for &slice in slices {
-            let _ = stream.inner.shm.buffers.recycle(slice);
-        }
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            release(self.stream, &self.kind);
-        }
-        // The list of slices is the stream's to reuse: no allocation per message.
-        if let Reserved::Shm(slices) = &mut self.kind {
-            let mut slices = std::mem::take(slices);
-            slices.clear();
-            *self.stream.spare.lock().unwrap_or_else(|e| e.into_inner()) = slices;
         }
     }
 }

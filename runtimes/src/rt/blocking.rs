@@ -1,0 +1,157 @@
+//! The blocking adapter: a thread waits in `poll(2)` on the session's socket (when the driver
+//! asked for it) and on its own eventfd, which is how a waker held by another thread reaches it.
+//! No runtime, no helper thread.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+
+use super::{Reactor, Timer, recv_now};
+
+thread_local! {
+    /// What the future polled last asked to wait for: the socket to become readable, and the
+    /// earliest deadline. Reset before every poll.
+    static WAIT: RefCell<(Option<Arc<OwnedFd>>, Option<Instant>)> = const { RefCell::new((None, None)) };
+    static PARKER: Arc<Parker> = Arc::new(Parker::new());
+}
+
+/// A thread's wake-up: a flag, and an eventfd written only when the thread sleeps.
+struct Parker {
+    efd: Option<OwnedFd>,
+    notified: AtomicBool,
+    sleeping: AtomicBool,
+}
+
+impl Parker {
+    fn new() -> Self {
+        Self {
+            efd: rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok(),
+            notified: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Wake for Parker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // SYNC: SeqCst store then SeqCst load, the Dekker pair of block_on's SeqCst store of
+        // `sleeping` then load of `notified`: either the sleeper sees the notification and does
+        // not sleep, or we see it sleeping and write the eventfd.
+        if self.notified.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.sleeping.load(Ordering::SeqCst) {
+            if let Some(efd) = &self.efd {
+                let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
+            }
+        }
+    }
+}
+
+/// Runs `future` on this thread to completion, sleeping in `poll(2)` while it is pending.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let parker = PARKER.with(Arc::clone);
+    let waker = Waker::from(Arc::clone(&parker));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        // SYNC: SeqCst like every access to the flag (see wake_by_ref).
+        parker.notified.store(false, Ordering::SeqCst);
+        WAIT.with(|w| *w.borrow_mut() = (None, None));
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        let (fd, deadline) = WAIT.with(|w| w.borrow_mut().clone());
+        // SYNC: see wake_by_ref.
+        if parker.notified.load(Ordering::SeqCst) {
+            // Woken while polling (a spin: the driver re-polls by waking itself).
+            std::hint::spin_loop();
+            continue;
+        }
+        parker.sleeping.store(true, Ordering::SeqCst);
+        if !parker.notified.load(Ordering::SeqCst) {
+            sleep(parker.efd.as_ref(), fd.as_deref(), deadline);
+        }
+        parker.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+fn sleep(efd: Option<&OwnedFd>, socket: Option<&OwnedFd>, deadline: Option<Instant>) {
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
+    });
+    let Some(efd) = efd else {
+        // No eventfd (fd limit): nap briefly and look again.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        return;
+    };
+    let mut fds = [
+        PollFd::new(efd, PollFlags::IN),
+        PollFd::from_borrowed_fd(socket.unwrap_or(efd).as_fd(), PollFlags::IN),
+    ];
+    let n = if socket.is_some() { 2 } else { 1 };
+    let _ = rustix::event::poll(&mut fds[..n], timeout.as_ref());
+    if fds[0].revents().contains(PollFlags::IN) {
+        let mut drain = [0u8; 8];
+        let _ = rustix::io::read(efd, &mut drain);
+    }
+}
+
+/// The blocking reactor: a read that finds nothing asks [`block_on`] to wait for the socket.
+pub(crate) struct BlockingReactor {
+    fd: Arc<OwnedFd>,
+}
+
+impl BlockingReactor {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Self { fd: Arc::new(fd) }
+    }
+}
+
+impl Reactor for BlockingReactor {
+    fn poll_recv(&self, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match recv_now(&*self.fd, buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                WAIT.with(|w| w.borrow_mut().0 = Some(Arc::clone(&self.fd)));
+                Poll::Pending
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn timer(&self) -> Box<dyn Timer> {
+        Box::new(BlockingTimer)
+    }
+}
+
+/// A deadline for [`block_on`]'s sleep (zero-sized: boxing it does not allocate).
+struct BlockingTimer;
+
+impl Timer for BlockingTimer {
+    fn poll_at(&mut self, _cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        if Instant::now() >= at {
+            return Poll::Ready(());
+        }
+        WAIT.with(|w| {
+            let mut w = w.borrow_mut();
+            w.1 = Some(w.1.map_or(at, |d| d.min(at)));
+        });
+        Poll::Pending
+    }
+}
