@@ -53,6 +53,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// every [`PROBE_EVERY`] waits.
 const MAX_MISSES: u32 = 4;
 const PROBE_EVERY: u32 = 32;
+/// How often a spinner reads the socket.
+const SOCKET_EVERY: Duration = Duration::from_micros(20);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -85,6 +87,10 @@ struct Machine {
     decoder: FrameDecoder,
     buf: Vec<u8>,
     spinner: Option<Spinner>,
+    /// When the socket was last read by a spinner.
+    socket_at: Instant,
+    /// Read the socket on the next look whatever `socket_at` says.
+    force_socket: bool,
     /// Spin windows that ended without data, in a row (the back-off).
     misses: u32,
     waits: u32,
@@ -217,6 +223,8 @@ impl Inner {
                 decoder: FrameDecoder::with_limit(settings.max_frame_len),
                 buf: vec![0; READ_CHUNK],
                 spinner: None,
+                socket_at: Instant::now(),
+                force_socket: false,
                 misses: 0,
                 waits: 0,
             }),
@@ -315,7 +323,18 @@ impl Inner {
             // wakes us.
             self.waiters.register(cx.waker());
             slot.registered = true;
-            if let Err(reason) = self.pump(&mut m) {
+            let now = Instant::now();
+            // A spinner reads the socket only now and then (the peer sends no Polling while
+            // the flag is up; only fallback data, closes or the end come that way): a read is
+            // a system call, the queue is a cache line.
+            let spinning = m.spinner.is_some_and(|s| s.id == slot.id);
+            let with_socket = !spinning
+                || std::mem::take(&mut m.force_socket)
+                || now.saturating_duration_since(m.socket_at) >= SOCKET_EVERY;
+            if with_socket {
+                m.socket_at = now;
+            }
+            if let Err(reason) = self.pump(&mut m, with_socket) {
                 drop(m);
                 self.shutdown(reason);
                 continue;
@@ -324,7 +343,6 @@ impl Inner {
                 self.leave(&mut m, slot, cx.waker());
                 return Poll::Ready(out);
             }
-            let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 self.leave(&mut m, slot, cx.waker());
                 return Poll::Ready(Err(Error::Timeout));
@@ -341,11 +359,13 @@ impl Inner {
                 }
             }
             if self.may_spin(&mut m, slot, now) {
+                if !spinning {
+                    lock(&self.shm.recv).mark_working();
+                }
                 m.spinner = Some(Spinner {
                     id: slot.id,
                     lease: now + SPIN_LEASE,
                 });
-                lock(&self.shm.recv).mark_working();
                 drop(m);
                 if let Some(d) = deadline {
                     // Arms the timer so a deadline still ends a spin on any runtime.
@@ -355,6 +375,11 @@ impl Inner {
                 }
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
+            }
+            if !with_socket {
+                // About to sleep: look at the socket first (that also arms the reactor).
+                m.force_socket = true;
+                continue;
             }
             if m.spinner.is_some_and(|s| s.id == slot.id || s.lease <= now) {
                 m.spinner = None;
@@ -390,7 +415,7 @@ impl Inner {
         if self.is_closed() {
             return;
         }
-        if let Err(reason) = self.pump(&mut m) {
+        if let Err(reason) = self.pump(&mut m, true) {
             drop(m);
             self.shutdown(reason);
             return;
@@ -502,8 +527,14 @@ impl Inner {
 
     /// Drains the receive queue and reads the socket until it has nothing more. An error ends
     /// the session (counted in Go's `event_conn_error_count` unless the peer just left).
-    fn pump(&self, m: &mut Machine) -> Result<(), CloseReason> {
-        let result = self.pump_inner(m);
+    fn pump(&self, m: &mut Machine, with_socket: bool) -> Result<(), CloseReason> {
+        let result = self.drain_queue().and_then(|()| {
+            if with_socket {
+                self.pump_socket(m)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(reason) = &result {
             if !matches!(reason, CloseReason::Peer) {
                 lock(&self.state).core.metrics_mut().event_conn_error_count += 1;
@@ -512,9 +543,8 @@ impl Inner {
         result
     }
 
-    fn pump_inner(&self, m: &mut Machine) -> Result<(), CloseReason> {
+    fn pump_socket(&self, m: &mut Machine) -> Result<(), CloseReason> {
         self.flush_out_now();
-        self.drain_queue()?;
         let mut cx = Context::from_waker(&self.session_waker);
         loop {
             match self.reactor.poll_recv(&mut cx, &mut m.buf) {
