@@ -808,6 +808,72 @@ impl Inner {
         }
     }
 
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    /// One push without waiting: `Ok(false)` when the queue is full (nothing pushed). A
+    /// needed Polling frame is queued (the out buffer keeps what the socket does not take).
+    pub(crate) fn try_push(&self, element: Element) -> Result<bool, Error> {
+        if self.is_closed() {
+            return Err(self.close_error());
+        }
+        match self.shm.send.push(element) {
+            Ok(QueueWake::NotifyPeer) => {
+                self.note_polling();
+                self.queue_frame(&Frame::new(self.version, Message::Polling))?;
+                Ok(true)
+            }
+            Ok(QueueWake::PeerAwake) => Ok(true),
+            Err(QueueError::Full { .. }) => Ok(false),
+            Err(e) => {
+                // Pushed or not, the session cannot go on; a slice that may be the peer's is
+                // not recycled by the caller (take_back refuses a handed-over slice only if
+                // the peer took it).
+                Err(self.fail_send(CloseReason::Violation(format!("send queue corrupted: {e}"))))
+            }
+        }
+    }
+
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    /// Waits until the out buffer is on the wire (`poll_flush`), bounded by the connection
+    /// write timeout from `since`.
+    pub(crate) fn poll_flushed(
+        &self,
+        cx: &mut Context<'_>,
+        timer: &mut Option<Box<dyn Timer>>,
+        since: Instant,
+    ) -> Poll<Result<(), Error>> {
+        let mut out = lock(&self.out);
+        match self.flush_out(&mut out) {
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) => {}
+            Err(e) => {
+                drop(out);
+                return Poll::Ready(Err(self.fail_send_io(e)));
+            }
+        }
+        drop(out);
+        let now = Instant::now();
+        if now >= since + self.settings.socket_write_timeout {
+            return Poll::Ready(Err(self.fail_send(CloseReason::Lost(format!(
+                "the socket took no bytes for {:?}",
+                self.settings.socket_write_timeout
+            )))));
+        }
+        let timer = timer.get_or_insert_with(|| self.reactor.timer());
+        match timer.poll_at(cx, now + Duration::from_micros(200)) {
+            Poll::Ready(()) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    /// A timer on this session's runtime.
+    pub(crate) fn timer(&self) -> Box<dyn Timer> {
+        self.reactor.timer()
+    }
+
     /// Sleeps for `pause` on the session's runtime (a back-off while memory or the queue
     /// is full).
     pub(crate) async fn pause(&self, timer: &mut Option<Box<dyn Timer>>, pause: Duration) {
@@ -851,7 +917,7 @@ impl Inner {
 
     /// Puts a frame on the socket or, what it does not take, in the out buffer. `Ok(true)`:
     /// everything pending is on the wire.
-    fn queue_frame(&self, frame: &Frame<'_>) -> Result<bool, Error> {
+    pub(crate) fn queue_frame(&self, frame: &Frame<'_>) -> Result<bool, Error> {
         let mut small = [0u8; 16];
         let (head, body): (&[u8], &[u8]) = match frame.message {
             Message::FallbackData { data, .. } => {

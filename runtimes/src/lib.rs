@@ -88,6 +88,20 @@ mod shm;
 #[allow(unsafe_code)]
 mod stream;
 
+/// The tokio runtime: sessions whose waits go through tokio's reactor and timers. Create them
+/// inside a tokio runtime with I/O and time enabled.
+#[cfg(feature = "tokio")]
+pub mod tokio {
+    crate::async_stream::runtime_entry!(Runtime::Tokio, "tokio");
+}
+
+/// The smol runtime, through `async-io`: works under any executor (smol, async-executor,
+/// `futures`' `block_on`, a hand-written one).
+#[cfg(feature = "smol")]
+pub mod smol {
+    crate::async_stream::runtime_entry!(Runtime::Smol, "smol");
+}
+
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub use async_stream::{AsyncSession, AsyncStream, ReadHalf, WriteHalf};
 pub use config::{Config, Exhaustion, MemMode, SyncMode};

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use shmlink_core::frame::{Decoded, Frame};
 use shmlink_core::handshake::{ClientHandshake, Input, MemMode, Output, ServerHandshake};
 use shmlink_core::queue::Side;
-use shmlink_core::session::{self as core_session, Metrics};
+use shmlink_core::session as core_session;
 use shmlink_linux::name::unique_prefix;
 use shmlink_linux::region::{PeerFilePolicy, SharedRegion};
 use shmlink_linux::socket::{Conn, Peer, TransportError};
 
 use crate::driver::{Inner, Settings, WaitSlot};
-use crate::error::CloseReason;
+
 use crate::rt::{Runtime, block_on, poll_fn};
 use crate::shm::{SharedBuffer, Shm};
 use crate::stream::Stream;
@@ -144,7 +144,7 @@ macro_rules! session_common {
                     .lock_state()
                     .close_reason
                     .as_ref()
-                    .map(CloseReason::error)
+                    .map(crate::error::CloseReason::error)
             }
 
             /// Whether the circuit breaker is closed (no fallback in the last
@@ -157,7 +157,7 @@ macro_rules! session_common {
             }
 
             /// Go's metrics for this session (PROTOCOL.md 8).
-            pub fn metrics(&self) -> Metrics {
+            pub fn metrics(&self) -> crate::Metrics {
                 self.inner.metrics()
             }
 
@@ -174,7 +174,7 @@ macro_rules! session_common {
 
             /// Closes the session at once: the socket is shut down and streams see the end.
             pub fn close(&self) {
-                self.inner.shutdown(CloseReason::Local);
+                self.inner.shutdown(crate::error::CloseReason::Local);
             }
         }
 

@@ -185,7 +185,7 @@ impl Link {
 
     /// Reserves `n` bytes: in shared memory when possible, on the heap when the stream is in
     /// fallback or memory ran out under the Fallback policy; waits under the Wait policy.
-    async fn reserve_kind(&self, n: usize, write_timeout: Duration) -> Result<Reserved, Error> {
+    pub(crate) async fn reserve_kind(&self, n: usize, write_timeout: Duration) -> Result<Reserved, Error> {
         if self.is_closed() {
             return Err(Error::StreamClosed);
         }
@@ -282,36 +282,7 @@ impl Link {
         write_timeout: Duration,
     ) -> Result<(), Error> {
         let buffers = &self.inner.shm.buffers;
-        let mut used = 0;
-        let prepared = (|| {
-            for piece in pieces(buffers, slices, written) {
-                buffers.set_len(piece.slice, piece.len)?;
-                used += 1;
-            }
-            // Never send empty slices: cut the chain after the last one used.
-            buffers.end_chain_at(slices[used - 1])?;
-            // From the push on the slices are the peer's: give up our claim first, so that a
-            // peer quick enough to recycle and send one back finds it not ours.
-            for (k, &slice) in slices[..used].iter().enumerate() {
-                if let Err(e) = buffers.hand_over(slice) {
-                    for &back in &slices[..k] {
-                        let _ = buffers.take_back(back);
-                    }
-                    return Err(e);
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = prepared {
-            // Nothing was announced: every slice is still ours to recycle.
-            for &slice in slices {
-                let _ = buffers.recycle(slice);
-            }
-            return Err(e.into());
-        }
-        for &slice in &slices[used..] {
-            let _ = buffers.recycle(slice);
-        }
+        let used = self.prepare_chain(slices, written)?;
         let deadline = self.write_deadline(write_timeout);
         match self
             .inner
@@ -336,6 +307,124 @@ impl Link {
         Ok(())
     }
 
+    /// Sets the lengths of the slices that hold `written` bytes, cuts the chain after them,
+    /// hands them over and returns the rest: after this only a push is missing. Returns how
+    /// many slices carry data. On error every slice is recycled (nothing was announced).
+    fn prepare_chain(&self, slices: &[u32], written: usize) -> Result<usize, Error> {
+        let buffers = &self.inner.shm.buffers;
+        let mut used = 0;
+        let prepared = (|| {
+            for piece in pieces(buffers, slices, written) {
+                buffers.set_len(piece.slice, piece.len)?;
+                used += 1;
+            }
+            // Never send empty slices: cut the chain after the last one used.
+            buffers.end_chain_at(slices[used - 1])?;
+            // From the push on the slices are the peer's: give up our claim first, so that a
+            // peer quick enough to recycle and send one back finds it not ours.
+            for (k, &slice) in slices[..used].iter().enumerate() {
+                if let Err(e) = buffers.hand_over(slice) {
+                    for &back in &slices[..k] {
+                        let _ = buffers.take_back(back);
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            for &slice in slices {
+                let _ = buffers.recycle(slice);
+            }
+            return Err(e.into());
+        }
+        for &slice in &slices[used..] {
+            let _ = buffers.recycle(slice);
+        }
+        Ok(used)
+    }
+
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    /// One attempt to send `data` without waiting, for `poll_write`: `Ok(None)` when it must
+    /// wait (memory under the Wait policy, or a full queue); nothing was sent then.
+    pub(crate) fn try_send(&self, data: &[u8]) -> Result<Option<usize>, Error> {
+        let max = self.inner.settings.max_frame_len as usize - 16;
+        let data = &data[..data.len().min(max)];
+        if data.is_empty() {
+            return Ok(Some(0));
+        }
+        if self.route()? == Route::Fallback {
+            return self.try_fallback(data).map(Some);
+        }
+        let buffers = &self.inner.shm.buffers;
+        let mut taken = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        match buffers.alloc_into(data.len() as u64, &mut taken) {
+            Ok(_) => {}
+            Err(BufferError::NoMoreBuffer { .. }) => {
+                *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = taken;
+                self.inner.lock_state().core.metrics_mut().alloc_shm_error_count += 1;
+                let exhausted = Error::SharedMemoryExhausted { requested: data.len() };
+                return match self.inner.settings.on_exhaustion {
+                    Exhaustion::Fallback => self.try_fallback(data).map(Some),
+                    Exhaustion::Error => Err(exhausted),
+                    Exhaustion::Wait if data.len() as u64 > usable(buffers) => Err(exhausted),
+                    Exhaustion::Wait => Ok(None),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut r = Reservation::<Async>::new(self, data.len(), Reserved::Shm(taken), Duration::ZERO);
+        r.write_at(0, data);
+        r.done = true;
+        let Reserved::Shm(slices) = &r.kind else {
+            unreachable!("made as Shm above")
+        };
+        let used = self.prepare_chain(slices, data.len())?;
+        match self.inner.try_push(Element::data(self.id(), slices[0])) {
+            Ok(true) => {
+                self.inner.count_out_flow(data.len() as u64);
+                Ok(Some(data.len()))
+            }
+            Ok(false) => {
+                // Full: nothing reached the peer, the slices are still ours.
+                for &slice in &slices[..used] {
+                    if buffers.take_back(slice).is_ok() {
+                        let _ = buffers.recycle(slice);
+                    }
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    /// Queues `data` as one FallbackData frame without waiting (what the socket does not take
+    /// now waits in the out buffer; `poll_flush` waits for it).
+    fn try_fallback(&self, data: &[u8]) -> Result<usize, Error> {
+        let frame = Frame::new(
+            self.inner.version(),
+            Message::FallbackData {
+                stream_id: self.id(),
+                status: 0,
+                data,
+            },
+        );
+        self.inner.queue_frame(&frame)?;
+        self.note_fallback(data.len());
+        Ok(data.len())
+    }
+
+    fn note_fallback(&self, len: usize) {
+        // SYNC: Release; pairs with the Acquire loads in route and is_fallback.
+        self.shared.status.fetch_or(FALLBACK, Ordering::Release);
+        let now = self.inner.now_ms();
+        self.inner
+            .lock_state()
+            .core
+            .sent_fallback(self.id(), len as u64, now);
+    }
+
     async fn send_fallback(&self, data: &[u8]) -> Result<(), Error> {
         let frame = Frame::new(
             self.inner.version(),
@@ -346,13 +435,7 @@ impl Link {
             },
         );
         self.inner.send_frame(&frame).await?;
-        // SYNC: Release; pairs with the Acquire loads in route and is_fallback.
-        self.shared.status.fetch_or(FALLBACK, Ordering::Release);
-        let now = self.inner.now_ms();
-        self.inner
-            .lock_state()
-            .core
-            .sent_fallback(self.id(), data.len() as u64, now);
+        self.note_fallback(data.len());
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 
 use std::io::Read;
 
+pub mod exec;
+
 use shmlink::{Error, Session, Stream};
 
 /// The payload of message `index` of `size` bytes: a pattern that differs per message.
@@ -129,4 +131,26 @@ pub fn leftover_files(prefix: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The async twins of the framing helpers, for [`shmlink::AsyncStream`] and its halves.
+pub mod framed {
+    use shmlink::{AsyncStream, Error};
+
+    /// Sends one framed message as a single flush, written in place.
+    pub async fn send(stream: &AsyncStream, body: &[u8]) -> Result<(), Error> {
+        let mut r = stream.reserve(4 + body.len()).await?;
+        r.write_at(0, &(body.len() as u32).to_be_bytes());
+        r.write_at(4, body);
+        r.commit(4 + body.len()).await
+    }
+
+    /// Reads one framed message (zero copy when it lies in one slice); `None` at the end.
+    pub async fn recv(stream: &mut AsyncStream) -> Result<Option<bytes::Bytes>, Error> {
+        let Some(len) = stream.read_bytes(4).await? else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        stream.read_bytes(len).await?.map(Some).ok_or(Error::StreamEnded)
+    }
 }

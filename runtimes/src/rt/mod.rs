@@ -18,6 +18,7 @@ pub(crate) mod blocking;
 #[cfg(feature = "smol")]
 pub(crate) mod smol;
 #[cfg(feature = "tokio")]
+#[allow(unsafe_code)]
 pub(crate) mod tokio;
 
 pub(crate) use blocking::block_on;
@@ -73,6 +74,7 @@ impl Runtime {
     }
 }
 
+#[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
 /// Runs blocking `work` (a handshake) on its own thread and waits for it without blocking the
 /// executor: async connects and accepts use it, so no runtime's blocking pool is needed.
 pub(crate) async fn off_thread<T: Send + 'static>(

@@ -17,9 +17,11 @@ pub(crate) struct TokioReactor {
 
 impl TokioReactor {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Self> {
-        Ok(Self {
-            fd: AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?,
-        })
+        // SAFETY: the AsyncFd takes ownership of the OwnedFd, which stays open and is the
+        // same descriptor (OwnedFd::as_raw_fd never changes) until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
     }
 }
 

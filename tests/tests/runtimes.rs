@@ -1,0 +1,211 @@
+//! The shared cross-process suite, written once and run for each runtime: the
+//! `shmlink-rt-peer` helper process runs the runtime under test (blocking, tokio, or smol
+//! under a hand-written executor); this process is the other side, with the blocking API.
+//!
+//! Each scenario: 1 B to 4 MiB echoes in memfd and /dev/shm mode, the runtime as server,
+//! 1,000 concurrent streams on one session, a reader slower than its writer, exhaustion of a
+//! tiny shared memory under the Wait and Fallback policies (every message checked, once and
+//! in order), and the peer's death under a pending read.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmlink::{Config, Listener, MemMode, Session};
+use shmlink_tests::{check_echoes, echo_session, leftover_files, socket_path, unique};
+
+const PEER: &str = env!("CARGO_BIN_EXE_shmlink-rt-peer");
+const SIZES: &str = "1,100,8172,8173,131052,200000,1048576,4194304";
+
+fn wait_success(mut child: Child, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            assert!(status.success(), "peer failed ({status}): {err}");
+            return;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("peer did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// This process serves (blocking, every session echoed); the peer runs `rt` as the client.
+fn client_against_echo(rt: &str, extra: &[&str], config: Config) {
+    let sock = socket_path(&format!("rt-{rt}"));
+    let listener = Listener::bind(&sock, config).unwrap();
+    let child = Command::new(PEER)
+        .args([rt, "client", sock.to_str().unwrap()])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
+    let server = std::thread::spawn(move || {
+        let echoed = echo_session(&session, None);
+        (echoed, session)
+    });
+    wait_success(child, Duration::from_secs(240));
+    let (echoed, session) = server.join().unwrap();
+    assert!(echoed.unwrap() > 0);
+    drop(session);
+}
+
+fn echoes_in_both_memory_modes(rt: &str) {
+    client_against_echo(rt, &["--sizes", SIZES], Config::default());
+    let prefix = format!("/dev/shm/{}", unique("rt-devshm"));
+    client_against_echo(
+        rt,
+        &["--devshm", "--prefix", &prefix, "--sizes", SIZES, "--streams", "3"],
+        Config::default(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !leftover_files(&prefix).is_empty() {
+        assert!(Instant::now() < deadline, "files left: {:?}", leftover_files(&prefix));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn serves_a_blocking_client(rt: &str) {
+    let sock = socket_path(&format!("rt-srv-{rt}"));
+    let mut child = Command::new(PEER)
+        .args([rt, "server", sock.to_str().unwrap(), "--sessions", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    for mode in [MemMode::Memfd, MemMode::File] {
+        let config = Config {
+            mem_mode: mode,
+            path_prefix: format!("/dev/shm/{}", unique("rt-srv")),
+            ..Config::default()
+        };
+        let session = Session::connect(&sock, config).unwrap();
+        std::thread::scope(|scope| {
+            for k in 0..4 {
+                let session = &session;
+                scope.spawn(move || {
+                    let mut stream = session.open_stream().unwrap();
+                    let sizes = [1, 100, 8172, 8173, 131_052, 1 << 20, 4 << 20];
+                    check_echoes(&mut stream, &sizes, k).unwrap();
+                });
+            }
+        });
+        drop(session);
+    }
+    wait_success(child, Duration::from_secs(60));
+}
+
+fn thousand_concurrent_streams(rt: &str) {
+    client_against_echo(rt, &["--streams", "1000", "--sizes", "1,100,5000"], Config::default());
+}
+
+fn slow_reader(rt: &str) {
+    // ~90 MB of echoes against 32 MiB of shared memory: the server runs out and falls back.
+    client_against_echo(
+        rt,
+        &["--slow", "3000", "--sizes", "1000,30000,64000"],
+        Config::default(),
+    );
+}
+
+fn exhaustion_delivers_every_message_once_in_order(rt: &str) {
+    for policy in ["wait", "fallback"] {
+        client_against_echo(
+            rt,
+            &[
+                "--buffer",
+                "1048576",
+                "--policy",
+                policy,
+                "--streams",
+                "8",
+                "--sizes",
+                "1000,60000,200000,100,300000,5,130000",
+            ],
+            Config::default(),
+        );
+    }
+}
+
+fn peer_death_fails_a_pending_read(rt: &str) {
+    let sock = socket_path(&format!("rt-death-{rt}"));
+    let mut server = Command::new(PEER)
+        .args(["blocking", "server", sock.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut reader = Command::new(PEER)
+        .args([rt, "reader", sock.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(reader.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "reading");
+    // The reader has its echo and waits in its next read when the server dies.
+    std::thread::sleep(Duration::from_millis(100));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    wait_success(reader, Duration::from_secs(10));
+}
+
+macro_rules! suite {
+    ($rt:ident) => {
+        mod $rt {
+            #[test]
+            fn echoes_1b_to_4mib_in_memfd_and_devshm() {
+                super::echoes_in_both_memory_modes(stringify!($rt));
+            }
+
+            #[test]
+            fn serves_a_blocking_client_in_both_modes() {
+                super::serves_a_blocking_client(stringify!($rt));
+            }
+
+            #[test]
+            fn one_thousand_concurrent_streams_on_one_session() {
+                super::thousand_concurrent_streams(stringify!($rt));
+            }
+
+            #[test]
+            fn a_reader_slower_than_its_writer_loses_nothing() {
+                super::slow_reader(stringify!($rt));
+            }
+
+            #[test]
+            fn exhaustion_delivers_every_message_once_and_in_order() {
+                super::exhaustion_delivers_every_message_once_in_order(stringify!($rt));
+            }
+
+            #[test]
+            fn the_peers_death_fails_a_pending_read() {
+                super::peer_death_fails_a_pending_read(stringify!($rt));
+            }
+        }
+    };
+}
+
+suite!(blocking);
+suite!(tokio);
+suite!(smol);
