@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use report::{PingPong, Pipelined, Report, Scale};
 use slot::Wait;
-use transports::{Client, Kind, Mode, SlotClient};
+use transports::{Client, Kind, Mode, SHMLINK, SlotClient};
 
 /// Counts heap allocations of the harness process, to show allocations per round trip.
 struct Counting;
@@ -351,7 +351,12 @@ fn run_pingpong(plan: &Plan, kinds: &[Kind], report: &mut Report) -> Result<(), 
 }
 
 fn run_pipelined(plan: &Plan, report: &mut Report) -> Result<(), String> {
-    let kinds = [Kind::Unix, Kind::Shmlink, Kind::CloudwegoV3];
+    let kinds = [
+        Kind::Unix,
+        SHMLINK,
+        Kind::Shmlink(transports::Rt::Tokio, shmlink::SyncMode::Adaptive),
+        Kind::CloudwegoV3,
+    ];
     for size in [64usize, 1024] {
         for kind in kinds {
             let mut rates = Vec::new();
@@ -405,9 +410,10 @@ fn run_pipelined(plan: &Plan, report: &mut Report) -> Result<(), String> {
 fn run_scale(plan: &Plan, report: &mut Report) -> Result<(), String> {
     for &streams in &plan.streams {
         machine::wait_idle(0.15, Duration::from_secs(5));
-        let endpoint = transports::endpoint(Kind::Shmlink, &format!("scale-{streams}"));
-        let peer = Peer::start(Kind::Shmlink, &endpoint, 64, Mode::Streams(64))?;
-        let client = transports::ShmlinkClient::connect(&endpoint).map_err(|e| e.to_string())?;
+        let endpoint = transports::endpoint(SHMLINK, &format!("scale-{streams}"));
+        let peer = Peer::start(SHMLINK, &endpoint, 64, Mode::Streams(64))?;
+        let client = transports::ShmlinkClient::connect(&endpoint, shmlink::SyncMode::Adaptive)
+            .map_err(|e| e.to_string())?;
         let session = client.session();
         let mut opened = Vec::new();
         for _ in 0..streams {
@@ -513,7 +519,15 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
         ..Report::default()
     };
     let started = Instant::now();
-    run_pingpong(plan, &Kind::ALL, &mut report)?;
+    let kinds: Vec<Kind> = match args.iter().position(|a| a == "--only") {
+        Some(i) => args[i + 1..]
+            .iter()
+            .take_while(|a| !a.starts_with("--"))
+            .filter_map(|a| Kind::parse(a))
+            .collect(),
+        None => Kind::all(),
+    };
+    run_pingpong(plan, &kinds, &mut report)?;
     run_pipelined(plan, &mut report)?;
     run_scale(plan, &mut report)?;
     let (dir, md_name, plot_path, plot_ref) = if write {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::transports::Kind;
+use crate::transports::{Kind, SHMLINK};
 
 /// One ping-pong measurement (the median over rounds of each figure).
 #[derive(Clone, Debug)]
@@ -217,23 +217,29 @@ impl Report {
                 ),
             });
         };
+        use crate::transports::Rt;
+        use shmlink::SyncMode;
+        for (rt, name) in [(Rt::Blocking, "blocking"), (Rt::Tokio, "tokio"), (Rt::Smol, "smol")] {
+            goal(
+                &format!("64 B to 4 KiB round trip in the default mode (Adaptive), {name}, at most 3 x the busy-wait floor"),
+                worst(Kind::Shmlink(rt, SyncMode::Adaptive), Kind::SpinSlot, &[64, 1024, 4096]),
+                3.0,
+            );
+        }
+        for (rt, name) in [(Rt::Blocking, "blocking"), (Rt::Tokio, "tokio"), (Rt::Smol, "smol")] {
+            goal(
+                &format!("The mode that never spins (Event, Go's behaviour), {name}, at most 1.1 x the futex-woken slot (64 B to 4 KiB)"),
+                worst(Kind::Shmlink(rt, SyncMode::Event), Kind::FutexSlot, &[64, 1024, 4096]),
+                1.1,
+            );
+        }
         goal(
-            "64 B to 4 KiB round trip in shmlink's default mode, at most 3 x the busy-wait floor",
-            worst(Kind::Shmlink, Kind::SpinSlot, &[64, 1024, 4096]),
-            3.0,
-        );
-        goal(
-            "A mode that never spins (Go's behaviour; today's blocking API), at most 1.1 x the futex-woken slot (64 B to 4 KiB)",
-            worst(Kind::Shmlink, Kind::FutexSlot, &[64, 1024, 4096]),
-            1.1,
-        );
-        goal(
-            "1 MiB and 4 MiB, at most 1.3 x the floor",
-            worst(Kind::Shmlink, Kind::SpinSlot, &[1 << 20, 4 << 20]),
+            "1 MiB and 4 MiB (blocking, default mode), at most 1.3 x the floor",
+            worst(SHMLINK, Kind::SpinSlot, &[1 << 20, 4 << 20]),
             1.3,
         );
         let pipe = |k: Kind| self.pipelined.iter().find(|p| p.kind == k && p.size == 64);
-        v.push(match (pipe(Kind::Shmlink), pipe(Kind::Unix)) {
+        v.push(match (pipe(SHMLINK), pipe(Kind::Unix)) {
             (Some(s), Some(u)) => {
                 let ratio = s.rate / u.rate;
                 let w = s.wakeups.unwrap_or(f64::NAN);
@@ -245,16 +251,23 @@ impl Report {
             }
             _ => "- Pipelined 64 B: not measured in this run".into(),
         });
-        let allocs = self
-            .pingpong
-            .iter()
-            .filter(|p| p.kind == Kind::Shmlink)
-            .map(|p| p.allocs)
-            .fold(0.0, f64::max);
-        v.push(format!(
-            "- Zero allocations per round trip: {} (shmlink-blocking, worst size: {allocs:.2} per round trip in the harness process)",
-            if allocs == 0.0 { "**met**" } else { "**shortfall**" }
-        ));
+        for kind in Kind::all().into_iter().filter(|k| k.is_shmlink()) {
+            let rows: Vec<f64> = self
+                .pingpong
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| p.allocs)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let allocs = rows.into_iter().fold(0.0, f64::max);
+            v.push(format!(
+                "- Zero allocations per round trip, {}: {} (worst size: {allocs:.2} per round trip in the harness process)",
+                kind.name(),
+                if allocs == 0.0 { "**met**" } else { "**shortfall**" }
+            ));
+        }
         let rate = |n: usize| self.scale.iter().find(|s| s.streams == n).map(|s| s.rate);
         v.push(match (rate(1), rate(1000)) {
             (Some(one), Some(many)) => format!(
@@ -343,7 +356,7 @@ impl Report {
             .x_label_formatter(&|x| bytes(*x as usize))
             .draw()
             .map_err(|e| e.to_string())?;
-        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+        for (i, kind) in Kind::all().into_iter().enumerate() {
             let points: Vec<(f64, f64)> = self
                 .pingpong
                 .iter()

@@ -11,6 +11,17 @@ use std::path::{Path, PathBuf};
 
 use crate::slot::{Slots, Wait};
 
+/// shmlink's runtimes, each measured through its own API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rt {
+    /// The blocking API.
+    Blocking,
+    /// The async API on tokio (a current-thread runtime in the harness, one per peer).
+    Tokio,
+    /// The async API through async-io (`async_io::block_on`).
+    Smol,
+}
+
 /// The transports, by the name the report and the peer's command line use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -18,8 +29,8 @@ pub(crate) enum Kind {
     Unix,
     /// TCP over loopback with TCP_NODELAY.
     Tcp,
-    /// shmlink's blocking API (memfd, V3), zero-copy reserve/commit and views.
-    Shmlink,
+    /// shmlink (memfd, V3) on one runtime in one sync mode: zero-copy reserve/commit and views.
+    Shmlink(Rt, shmlink::SyncMode),
     /// CloudWeGo's crate `shmipc` 0.2.1, default (V3, Polling frames on the socket).
     CloudwegoV3,
     /// CloudWeGo's crate `shmipc` 0.2.1, V4 with eventfd wake-ups.
@@ -30,24 +41,43 @@ pub(crate) enum Kind {
     FutexSlot,
 }
 
+/// shmlink's default: the blocking API in the default sync mode.
+pub(crate) const SHMLINK: Kind = Kind::Shmlink(Rt::Blocking, shmlink::SyncMode::Adaptive);
+
 impl Kind {
     /// Every transport, in report order.
-    pub(crate) const ALL: [Kind; 7] = [
-        Kind::Unix,
-        Kind::Tcp,
-        Kind::Shmlink,
-        Kind::CloudwegoV3,
-        Kind::CloudwegoV4,
-        Kind::SpinSlot,
-        Kind::FutexSlot,
-    ];
+    pub(crate) fn all() -> Vec<Kind> {
+        use shmlink::SyncMode;
+        let mut all = vec![Kind::Unix, Kind::Tcp];
+        for rt in [Rt::Blocking, Rt::Tokio, Rt::Smol] {
+            for mode in [SyncMode::Adaptive, SyncMode::Event, SyncMode::Poll] {
+                all.push(Kind::Shmlink(rt, mode));
+            }
+        }
+        all.extend([
+            Kind::CloudwegoV3,
+            Kind::CloudwegoV4,
+            Kind::SpinSlot,
+            Kind::FutexSlot,
+        ]);
+        all
+    }
 
     /// The name in tables, plots and the peer's command line.
     pub(crate) fn name(self) -> &'static str {
+        use shmlink::SyncMode::{Adaptive, Event, Poll};
         match self {
             Kind::Unix => "unix-socket",
             Kind::Tcp => "tcp-loopback",
-            Kind::Shmlink => "shmlink-blocking",
+            Kind::Shmlink(Rt::Blocking, Adaptive) => "shmlink-blocking-adaptive",
+            Kind::Shmlink(Rt::Blocking, Event) => "shmlink-blocking-event",
+            Kind::Shmlink(Rt::Blocking, Poll) => "shmlink-blocking-poll",
+            Kind::Shmlink(Rt::Tokio, Adaptive) => "shmlink-tokio-adaptive",
+            Kind::Shmlink(Rt::Tokio, Event) => "shmlink-tokio-event",
+            Kind::Shmlink(Rt::Tokio, Poll) => "shmlink-tokio-poll",
+            Kind::Shmlink(Rt::Smol, Adaptive) => "shmlink-smol-adaptive",
+            Kind::Shmlink(Rt::Smol, Event) => "shmlink-smol-event",
+            Kind::Shmlink(Rt::Smol, Poll) => "shmlink-smol-poll",
             Kind::CloudwegoV3 => "cloudwego-shmipc-v3",
             Kind::CloudwegoV4 => "cloudwego-shmipc-v4-eventfd",
             Kind::SpinSlot => "shm-slot-busy-wait",
@@ -57,7 +87,19 @@ impl Kind {
 
     /// The transport named `name`.
     pub(crate) fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+        Kind::all().into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether this is shmlink (any runtime, any mode).
+    pub(crate) fn is_shmlink(self) -> bool {
+        matches!(self, Kind::Shmlink(..))
+    }
+}
+
+fn shmlink_config(mode: shmlink::SyncMode) -> shmlink::Config {
+    shmlink::Config {
+        sync: mode,
+        ..shmlink::Config::default()
     }
 }
 
@@ -226,9 +268,9 @@ pub(crate) struct ShmlinkClient {
 }
 
 impl ShmlinkClient {
-    /// Connects with the default configuration (memfd, V3).
-    pub(crate) fn connect(path: &Path) -> io::Result<Self> {
-        let session = shmlink::Session::connect(path, shmlink::Config::default())?;
+    /// Connects with the default configuration (memfd, V3) in sync `mode`.
+    pub(crate) fn connect(path: &Path, mode: shmlink::SyncMode) -> io::Result<Self> {
+        let session = shmlink::Session::connect(path, shmlink_config(mode))?;
         let stream = session.open_stream()?;
         Ok(Self { session, stream })
     }
@@ -237,6 +279,168 @@ impl ShmlinkClient {
     pub(crate) fn session(&self) -> &shmlink::Session {
         &self.session
     }
+}
+
+/// How the harness waits on an async shmlink client: a tokio current-thread runtime or
+/// async-io's `block_on`.
+enum Exec {
+    Tokio(tokio::runtime::Runtime),
+    Smol,
+}
+
+impl Exec {
+    fn new(rt: Rt) -> io::Result<Self> {
+        Ok(match rt {
+            Rt::Tokio => Exec::Tokio(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            ),
+            _ => Exec::Smol,
+        })
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match self {
+            Exec::Tokio(rt) => rt.block_on(f),
+            Exec::Smol => async_io::block_on(f),
+        }
+    }
+}
+
+/// A shmlink client through the async API: one session, one stream.
+pub(crate) struct AsyncShmlinkClient {
+    // Declared first: dropped (closing the stream and session) before the runtime.
+    stream: Option<shmlink::AsyncStream>,
+    session: Option<shmlink::AsyncSession>,
+    exec: Exec,
+}
+
+impl AsyncShmlinkClient {
+    pub(crate) fn connect(path: &Path, rt: Rt, mode: shmlink::SyncMode) -> io::Result<Self> {
+        let exec = Exec::new(rt)?;
+        let config = shmlink_config(mode);
+        let session = exec.block_on(async {
+            match rt {
+                Rt::Tokio => shmlink::tokio::connect(path, config).await,
+                _ => shmlink::smol::connect(path, config).await,
+            }
+        })?;
+        let stream = exec.block_on(async { session.open_stream() })?;
+        Ok(Self {
+            stream: Some(stream),
+            session: Some(session),
+            exec,
+        })
+    }
+}
+
+impl Drop for AsyncShmlinkClient {
+    fn drop(&mut self) {
+        let (stream, session) = (self.stream.take(), self.session.take());
+        // Inside the runtime: tokio's reactor registrations are released there.
+        self.exec.block_on(async move {
+            drop(stream);
+            drop(session);
+        });
+    }
+}
+
+async fn shmlink_send_async(stream: &shmlink::AsyncStream, n: usize, fill: u8) -> io::Result<()> {
+    use bytes::BufMut;
+    let mut r = stream.reserve(n).await?;
+    r.put_bytes(fill, n);
+    r.commit_written().await?;
+    Ok(())
+}
+
+async fn shmlink_recv_async(
+    stream: &mut shmlink::AsyncStream,
+    n: usize,
+) -> io::Result<Option<(u64, u64)>> {
+    let (mut left, mut sum, mut views) = (n, 0u64, 0u64);
+    while left > 0 {
+        let Some(view) = stream.read_view().await? else {
+            return Ok(None);
+        };
+        if view.len() > left {
+            return Err(io::Error::other("a view ran past the message"));
+        }
+        sum = sum.wrapping_add(checksum(&view));
+        left -= view.len();
+        views += 1;
+    }
+    Ok(Some((sum, views)))
+}
+
+impl Client for AsyncShmlinkClient {
+    fn round_trip(&mut self, n: usize, fill: u8) -> io::Result<u64> {
+        let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("closed"))?;
+        self.exec.block_on(async {
+            shmlink_send_async(stream, n, fill).await?;
+            shmlink_recv_async(stream, n)
+                .await?
+                .map(|(sum, _)| sum)
+                .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+        })
+    }
+
+    fn pipeline(&mut self, n: usize, count: usize, fill: u8) -> io::Result<(u64, u64)> {
+        let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("closed"))?;
+        self.exec.block_on(async {
+            for _ in 0..count {
+                shmlink_send_async(stream, n, fill).await?;
+            }
+            let a = stream
+                .read_bytes(16)
+                .await?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&a);
+            Ok(unack(&b))
+        })
+    }
+
+    fn wakeups_sent(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.metrics().send_sync_event_count)
+    }
+}
+
+async fn shmlink_pong_async(mut stream: shmlink::AsyncStream, n: usize) -> io::Result<()> {
+    loop {
+        match shmlink_recv_async(&mut stream, n).await {
+            Ok(Some((sum, _))) => shmlink_send_async(&stream, n, reply_fill(sum, n)).await?,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return match shmlink::Error::from(e) {
+                    shmlink::Error::PeerClosed => Ok(()),
+                    e => Err(e.into()),
+                };
+            }
+        }
+    }
+}
+
+fn serve_shmlink_async(listener: shmlink::Listener, rt: Rt, mode: Mode) -> io::Result<()> {
+    let exec = Exec::new(rt)?;
+    exec.block_on(async {
+        let session = match rt {
+            Rt::Tokio => shmlink::tokio::accept(&listener).await,
+            _ => shmlink::smol::accept(&listener).await,
+        }?;
+        let mut stream = session.accept_stream(None).await?;
+        match mode {
+            Mode::PingPong(n) | Mode::Streams(n) => shmlink_pong_async(stream, n).await?,
+            Mode::Pipeline(n, count) => {
+                let (sum, views) = shmlink_recv_async(&mut stream, n * count)
+                    .await?
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                stream.send(&ack(sum, views)).await?;
+                let _ = stream.read_view().await;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Writes `n` bytes of `fill` as one zero-copy flush.
@@ -557,10 +761,13 @@ pub(crate) fn run_peer(kind: Kind, endpoint: &Path, max: usize, mode: Mode) -> i
             s.set_nodelay(true)?;
             serve_stream(s, mode)
         }
-        Kind::Shmlink => {
-            let l = shmlink::Listener::bind(endpoint, shmlink::Config::default())?;
+        Kind::Shmlink(rt, sync) => {
+            let l = shmlink::Listener::bind(endpoint, shmlink_config(sync))?;
             ready("");
-            serve_shmlink(l, mode)
+            match rt {
+                Rt::Blocking => serve_shmlink(l, mode),
+                rt => serve_shmlink_async(l, rt, mode),
+            }
         }
         Kind::CloudwegoV3 | Kind::CloudwegoV4 => {
             let _ = std::fs::remove_file(endpoint);
@@ -589,7 +796,8 @@ pub(crate) fn connect(kind: Kind, endpoint: &Path, extra: &str) -> io::Result<Bo
             s.set_nodelay(true)?;
             Box::new(StreamClient::new(s))
         }
-        Kind::Shmlink => Box::new(ShmlinkClient::connect(endpoint)?),
+        Kind::Shmlink(Rt::Blocking, sync) => Box::new(ShmlinkClient::connect(endpoint, sync)?),
+        Kind::Shmlink(rt, sync) => Box::new(AsyncShmlinkClient::connect(endpoint, rt, sync)?),
         Kind::CloudwegoV3 => Box::new(CloudwegoClient::connect(endpoint, false)?),
         Kind::CloudwegoV4 => Box::new(CloudwegoClient::connect(endpoint, true)?),
         Kind::SpinSlot | Kind::FutexSlot => {

@@ -47,9 +47,10 @@ pub enum SyncMode {
     Event,
     /// After draining, the reader keeps the flag up and looks at the queue again for up to
     /// [`Config::spin_window`] before sleeping, re-polling by yielding (other tasks on its
-    /// executor thread run in between). One reader per session spins at a time; the window
-    /// shrinks after windows that ended without data and spinning stops after four of them
-    /// in a row (with a full-window probe every 32 waits); a process that can run on only one
+    /// executor thread run in between). One reader per session spins at a time; after three
+    /// windows in a row that ended without data it stops spinning, probing with a window four
+    /// times as long every 16 waits (long enough to cover a sleeping peer's wake-up, so two
+    /// peers that both backed off find each other again); a process that can run on only one
     /// CPU never spins.
     #[default]
     Adaptive,

@@ -49,10 +49,11 @@ const QUEUE_FULL_RETRIES: u32 = 10;
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
-/// After this many missed spin windows in a row a waiter stops spinning, except for a probe
-/// every [`PROBE_EVERY`] waits.
-const MAX_MISSES: u32 = 4;
-const PROBE_EVERY: u32 = 32;
+/// After this many spin windows in a row that ended without data a waiter stops spinning,
+/// except for a probe of [`PROBE_FACTOR`] windows every [`PROBE_EVERY`] waits.
+const MAX_MISSES: u32 = 3;
+const PROBE_EVERY: u32 = 16;
+const PROBE_FACTOR: u32 = 4;
 /// How often a spinner reads the socket.
 const SOCKET_EVERY: Duration = Duration::from_micros(20);
 
@@ -444,12 +445,13 @@ impl Inner {
         };
         let until = *slot.spin_until.get_or_insert_with(|| {
             m.waits = m.waits.wrapping_add(1);
-            // After misses, spin less and then not at all, but probe now and then: the peer
-            // may be quick again.
-            let window = if m.misses >= MAX_MISSES && m.waits % PROBE_EVERY != 0 {
-                Duration::ZERO
-            } else {
-                window / (1 << m.misses.min(MAX_MISSES))
+            // After a few windows without an answer, stop spinning but probe now and then
+            // with a longer window: long enough to cover a sleeping peer's wake-up, so that
+            // once one side spins again the other side's probes hit too.
+            let window = match (m.misses >= MAX_MISSES, m.waits % PROBE_EVERY == 0) {
+                (false, _) => window,
+                (true, true) => window * PROBE_FACTOR,
+                (true, false) => Duration::ZERO,
             };
             now + window
         });
@@ -457,6 +459,8 @@ impl Inner {
             return true;
         }
         if m.spinner.is_some_and(|s| s.id == slot.id) {
+            // One miss per wait: the spin ends here.
+            m.spinner = None;
             m.misses = (m.misses + 1).min(MAX_MISSES);
         }
         false
