@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::driver::{Inner, WaitSlot};
 use crate::rt::{Timer, poll_fn};
 use crate::session::session_common;
-use crate::stream::{Async, Link, ReadSide, Reservation};
+use crate::stream::{Async, Forget, Link, ReadSide, Reservation};
 use crate::{Error, Pieces, View};
 
 /// A session driven by an async runtime. Made by `shmlink::tokio::connect` /
@@ -58,8 +58,13 @@ impl AsyncSession {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut slot = WaitSlot::new();
         let inner = &self.inner;
-        let shared = poll_fn(|cx| inner.poll_accept(cx, &mut slot, deadline)).await;
-        inner.forget(&mut slot);
+        // Dropped while waiting: gives up any spin for the session.
+        let wait = Forget {
+            slot: &mut slot,
+            inner,
+        };
+        let shared = poll_fn(|cx| inner.poll_accept(cx, wait.slot, deadline)).await;
+        drop(wait);
         Ok(AsyncStream::new(Link::new(Arc::clone(inner), shared?)))
     }
 }

@@ -103,23 +103,25 @@ struct Spinner {
     lease: Instant,
 }
 
-/// The wakers of every task waiting on this session; the reactor holds a waker that wakes
-/// them all.
+/// The waiters of this session, by slot (a task may wait in several slots); the reactor holds
+/// a waker that wakes them all.
 pub(crate) struct Waiters {
-    list: Mutex<Vec<Waker>>,
+    list: Mutex<Vec<(u64, Waker)>>,
 }
 
 impl Waiters {
-    fn register(&self, waker: &Waker) {
+    fn register(&self, id: u64, waker: &Waker) {
         let mut list = lock(&self.list);
-        if !list.iter().any(|w| w.will_wake(waker)) {
-            list.push(waker.clone());
+        match list.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, w)) if w.will_wake(waker) => {}
+            Some((_, w)) => *w = waker.clone(),
+            None => list.push((id, waker.clone())),
         }
     }
 
-    fn remove(&self, waker: &Waker) {
+    fn remove(&self, id: u64) {
         let mut list = lock(&self.list);
-        if let Some(i) = list.iter().position(|w| w.will_wake(waker)) {
+        if let Some(i) = list.iter().position(|(i, _)| *i == id) {
             list.swap_remove(i);
         }
     }
@@ -131,7 +133,7 @@ impl Waiters {
     fn wake_all(&self) {
         // Waking only schedules the tasks (or writes a thread's eventfd); nothing re-enters
         // this lock, and draining in place keeps the vector's capacity.
-        for w in lock(&self.list).drain(..) {
+        for (_, w) in lock(&self.list).drain(..) {
             w.wake();
         }
     }
@@ -145,6 +147,16 @@ impl Wake for Waiters {
     fn wake_by_ref(self: &Arc<Self>) {
         self.wake_all();
     }
+}
+
+/// What a push did.
+pub(crate) enum Pushed {
+    /// The peer is awake: nothing to send.
+    Quiet,
+    /// The peer was idle: send a Polling frame.
+    Notify,
+    /// Pushed, but the session broke (its error).
+    Broken(Error),
 }
 
 /// Per-message counters, outside any lock.
@@ -299,6 +311,12 @@ impl Inner {
     /// `check` looks at the waiter's own buffer and, when it returns `None`, must have
     /// registered `cx`'s waker where deliveries wake it. Cancellation-safe: dropping the
     /// caller between polls loses nothing (whatever was delivered stays in the buffers).
+    /// Sends the Polling frame a push asked for.
+    pub(crate) async fn send_polling(&self) -> Result<(), Error> {
+        self.send_frame(&Frame::new(self.version, Message::Polling))
+            .await
+    }
+
     pub(crate) fn poll_wait<T>(
         &self,
         cx: &mut Context<'_>,
@@ -309,20 +327,20 @@ impl Inner {
         if let Some(out) = check(cx) {
             if slot.registered || slot.spin_until.is_some() {
                 let mut m = lock(&self.machine);
-                self.leave(&mut m, slot, cx.waker());
+                self.leave(&mut m, slot);
             }
             return Poll::Ready(out);
         }
         loop {
             let mut m = lock(&self.machine);
             if self.is_closed() {
-                self.leave(&mut m, slot, cx.waker());
+                self.leave(&mut m, slot);
                 drop(m);
                 return Poll::Ready(check(cx).unwrap_or_else(|| Err(self.close_error())));
             }
             // Registered before looking at the socket: a readiness event after the look
             // wakes us.
-            self.waiters.register(cx.waker());
+            self.waiters.register(slot.id, cx.waker());
             slot.registered = true;
             let now = Instant::now();
             // A spinner reads the socket only now and then (the peer sends no Polling while
@@ -341,11 +359,11 @@ impl Inner {
                 continue;
             }
             if let Some(out) = check(cx) {
-                self.leave(&mut m, slot, cx.waker());
+                self.leave(&mut m, slot);
                 return Poll::Ready(out);
             }
             if deadline.is_some_and(|d| now >= d) {
-                self.leave(&mut m, slot, cx.waker());
+                self.leave(&mut m, slot);
                 return Poll::Ready(Err(Error::Timeout));
             }
             // Another task spins for the session: sleep, but look again when its lease ends.
@@ -360,13 +378,21 @@ impl Inner {
                 }
             }
             if self.may_spin(&mut m, slot, now) {
-                if !spinning {
-                    lock(&self.shm.recv).mark_working();
-                }
                 m.spinner = Some(Spinner {
                     id: slot.id,
                     lease: now + SPIN_LEASE,
                 });
+                if !spinning {
+                    lock(&self.shm.recv).mark_working();
+                    // Tasks asleep since before there was a spinner rely on a Polling frame
+                    // that will not come while the flag is up: wake them to arm a timer on
+                    // this spinner's lease (so a spinner whose task stops polling it, a
+                    // cancelled read, cannot strand them).
+                    drop(m);
+                    self.waiters.wake_all();
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 drop(m);
                 if let Some(d) = deadline {
                     // Arms the timer so a deadline still ends a spin on any runtime.
@@ -468,9 +494,9 @@ impl Inner {
 
     /// A waiter is done (data, error or timeout): give up the spin, and leave the working flag
     /// up only if nobody else waits (a hot session pays no wake-up on the next message).
-    fn leave(&self, m: &mut Machine, slot: &mut WaitSlot, waker: &Waker) {
+    fn leave(&self, m: &mut Machine, slot: &mut WaitSlot) {
         if slot.registered {
-            self.waiters.remove(waker);
+            self.waiters.remove(slot.id);
             slot.registered = false;
         }
         let was_spinning = m.spinner.is_some_and(|s| s.id == slot.id);
@@ -492,8 +518,12 @@ impl Inner {
 
     /// Lowers the receive queue's working flag, draining what arrived meanwhile.
     fn lower_flag(&self, m: &mut Machine) {
-        if m.spinner.is_some() {
-            return; // the spinner owns the flag
+        match m.spinner {
+            // A live spinner owns the flag.
+            Some(s) if s.lease > Instant::now() => return,
+            // One whose task stopped polling it (a cancelled read) owns nothing.
+            Some(_) => m.spinner = None,
+            None => {}
         }
         loop {
             let drained = lock(&self.shm.recv).finish_drain();
@@ -517,7 +547,15 @@ impl Inner {
 
     /// A waiter goes away for good (its stream closed): give up its spin.
     pub(crate) fn forget(&self, slot: &mut WaitSlot) {
+        if !slot.registered && slot.spin_until.is_none() {
+            return;
+        }
         let mut m = lock(&self.machine);
+        if slot.registered {
+            self.waiters.remove(slot.id);
+            slot.registered = false;
+        }
+        slot.spin_until = None;
         if m.spinner.is_some_and(|s| s.id == slot.id) {
             m.spinner = None;
             if !self.is_closed() {
@@ -553,7 +591,11 @@ impl Inner {
         loop {
             match self.reactor.poll_recv(&mut cx, &mut m.buf) {
                 Poll::Pending => return Ok(()),
-                Poll::Ready(Ok(0)) => return Err(CloseReason::Peer),
+                Poll::Ready(Ok(0)) => {
+                    // Whatever the peer pushed before it closed is delivered first.
+                    self.drain_queue()?;
+                    return Err(CloseReason::Peer);
+                }
                 Poll::Ready(Ok(n)) => {
                     m.decoder.extend(&m.buf[..n]);
                     loop {
@@ -580,6 +622,12 @@ impl Inner {
 
     /// Handles one control frame from the peer.
     fn handle_frame(&self, frame: &Frame<'_>) -> Result<(), CloseReason> {
+        // The peer pushed everything it queued before it wrote this frame (a StreamClose
+        // sent because the queue was full, fallback data, ...): while our flag is up it sends
+        // no Polling, so drain first, or the frame would overtake those elements.
+        if !matches!(frame.message, Message::Polling) {
+            self.drain_queue()?;
+        }
         let now = self.now_ms();
         self.with_core(|core, mut sink| core.on_frame(frame, now, &mut sink))
             .map_err(|e| CloseReason::Violation(e.to_string()))?;
@@ -749,17 +797,17 @@ impl Inner {
 
     // ---------------------------------------------------------------- sending
 
-    /// Pushes `element`, waiting for queue room as the policy says, and wakes the peer if it
-    /// is idle.
+    /// Pushes `element`, waiting for queue room as the policy says. Returns whether the peer
+    /// must be woken (the caller sends the Polling frame, once its slices are the peer's).
     ///
-    /// An error means the element was not pushed, except when the push succeeded and only
-    /// the wake-up failed: the session is then closed and the element's slices may be the
-    /// peer's, so the caller must not recycle them; that case is `Ok(Err(_))`.
+    /// An error means the element was not pushed; dropping the future before it completes
+    /// means the same. `Pushed::Broken`: pushed, but the session cannot go on (the element's
+    /// slices may be the peer's: do not recycle them).
     pub(crate) async fn push_element(
         &self,
         element: Element,
         deadline: Option<Instant>,
-    ) -> Result<Result<(), Error>, Error> {
+    ) -> Result<Pushed, Error> {
         let mut attempt = 0;
         let mut timer: Option<Box<dyn Timer>> = None;
         loop {
@@ -769,9 +817,9 @@ impl Inner {
             match self.shm.send.push(element) {
                 Ok(QueueWake::NotifyPeer) => {
                     self.note_polling();
-                    return Ok(self.send_frame(&Frame::new(self.version, Message::Polling)).await);
+                    return Ok(Pushed::Notify);
                 }
-                Ok(QueueWake::PeerAwake) => return Ok(Ok(())),
+                Ok(QueueWake::PeerAwake) => return Ok(Pushed::Quiet),
                 Err(QueueError::Full { .. }) => {
                     attempt += 1;
                     let more = match deadline {
@@ -800,7 +848,7 @@ impl Inner {
                     let reason = CloseReason::Violation(format!("send queue corrupted: {e}"));
                     let error = reason.error();
                     self.shutdown(reason);
-                    return Ok(Err(error));
+                    return Ok(Pushed::Broken(error));
                 }
                 Err(e) => {
                     let reason = CloseReason::Violation(format!("send queue corrupted: {e}"));
@@ -889,11 +937,14 @@ impl Inner {
     /// Sends one frame, waiting (bounded by the connection write timeout) until the socket
     /// took it. FallbackData goes out as its prefix plus the payload where it already is.
     pub(crate) async fn send_frame(&self, frame: &Frame<'_>) -> Result<(), Error> {
-        match self.queue_frame(frame) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => return Err(e),
+        if self.queue_frame(frame)? {
+            return Ok(());
         }
+        self.wait_flushed().await
+    }
+
+    /// Waits until the out buffer is on the wire (bounded by the connection write timeout).
+    pub(crate) async fn wait_flushed(&self) -> Result<(), Error> {
         let deadline = Instant::now() + self.settings.socket_write_timeout;
         let mut timer = None;
         let mut pause = Duration::from_micros(20);

@@ -28,7 +28,7 @@ use shmlink_core::frame::{Frame, Message};
 use shmlink_core::queue::Element;
 use shmlink_core::session::{Piece, ReceiveBuffer};
 
-use crate::driver::{Inner, WaitSlot};
+use crate::driver::{Inner, Pushed, WaitSlot};
 use crate::error::CloseReason;
 use crate::rt::{Timer, block_on, poll_fn};
 use crate::{Error, Exhaustion};
@@ -283,25 +283,24 @@ impl Link {
     ) -> Result<(), Error> {
         let buffers = &self.inner.shm.buffers;
         let used = self.prepare_chain(slices, written)?;
+        // Until the push succeeds the slices are ours: a failed push, or this future dropped
+        // while it waits for queue room, gives them back.
+        let mut unpushed = Unpushed {
+            link: self,
+            slices: &slices[..used],
+            armed: true,
+        };
         let deadline = self.write_deadline(write_timeout);
-        match self
+        let pushed = self
             .inner
             .push_element(Element::data(self.id(), slices[0]), deadline)
-            .await
-        {
-            Ok(Ok(())) => {}
-            // Pushed, but the wake-up failed and the session is closing: the slices are the
-            // peer's now, whatever it does with them.
-            Ok(Err(e)) => return Err(e),
-            Err(e) => {
-                // Nothing reached the peer: the slices are still ours to recycle.
-                for &slice in &slices[..used] {
-                    if buffers.take_back(slice).is_ok() {
-                        let _ = buffers.recycle(slice);
-                    }
-                }
-                return Err(e);
-            }
+            .await?;
+        // Pushed: the slices are the peer's now, whatever happens next.
+        unpushed.armed = false;
+        match pushed {
+            Pushed::Quiet => {}
+            Pushed::Notify => self.inner.send_polling().await?,
+            Pushed::Broken(e) => return Err(e),
         }
         self.inner.count_out_flow(written as u64);
         Ok(())
@@ -434,8 +433,13 @@ impl Link {
                 data,
             },
         );
-        self.inner.send_frame(&frame).await?;
+        // Marked before waiting for the socket: from now on this stream's bytes must follow
+        // the frame, even if this future is dropped while the frame is still being flushed.
+        let flushed = self.inner.queue_frame(&frame)?;
         self.note_fallback(data.len());
+        if !flushed {
+            self.inner.wait_flushed().await?;
+        }
         Ok(())
     }
 
@@ -458,9 +462,72 @@ impl Link {
     }
 }
 
+/// Slices handed over for a push that has not happened: returned to their lists on drop.
+struct Unpushed<'a> {
+    link: &'a Link,
+    slices: &'a [u32],
+    armed: bool,
+}
+
+impl Drop for Unpushed<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let buffers = &self.link.inner.shm.buffers;
+            for &slice in self.slices {
+                if buffers.take_back(slice).is_ok() {
+                    let _ = buffers.recycle(slice);
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+
+/// Waits until the receive buffer has data (`true`) or the stream ended (`false`).
+fn poll_readable(
+    slot: &mut WaitSlot,
+    cx: &mut Context<'_>,
+    link: &Link,
+    deadline: Option<Instant>,
+) -> Poll<Result<bool, Error>> {
+    let shared = &link.shared;
+    link.inner.poll_wait(cx, slot, deadline, |cx| {
+        let mut recv = lock(&shared.recv);
+        if recv.local_closed {
+            return Some(Err(Error::StreamClosed));
+        }
+        if !recv.buffer.is_empty() {
+            return Some(Ok(true));
+        }
+        if recv.peer_closed {
+            return Some(Ok(false));
+        }
+        if let Some(reason) = &recv.session_closed {
+            return Some(Err(reason.error()));
+        }
+        match &recv.reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => recv.reader = Some(cx.waker().clone()),
+        }
+        None
+    })
+}
+
+/// A wait slot that gives up its spin when the wait is dropped unfinished.
+pub(crate) struct Forget<'a> {
+    pub(crate) slot: &'a mut WaitSlot,
+    pub(crate) inner: &'a Inner,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.inner.forget(self.slot);
     }
 }
 
@@ -501,31 +568,16 @@ impl ReadSide {
         link: &Link,
         deadline: Option<Instant>,
     ) -> Poll<Result<bool, Error>> {
-        let shared = &link.shared;
-        link.inner.poll_wait(cx, &mut self.slot, deadline, |cx| {
-            let mut recv = lock(&shared.recv);
-            if recv.local_closed {
-                return Some(Err(Error::StreamClosed));
-            }
-            if !recv.buffer.is_empty() {
-                return Some(Ok(true));
-            }
-            if recv.peer_closed {
-                return Some(Ok(false));
-            }
-            if let Some(reason) = &recv.session_closed {
-                return Some(Err(reason.error()));
-            }
-            match &recv.reader {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => recv.reader = Some(cx.waker().clone()),
-            }
-            None
-        })
+        poll_readable(&mut self.slot, cx, link, deadline)
     }
 
     async fn readable(&mut self, link: &Link, deadline: Option<Instant>) -> Result<bool, Error> {
-        poll_fn(|cx| self.poll_readable(cx, link, deadline)).await
+        // Dropped while waiting (a timeout, a `select!`): give up any spin for the session.
+        let mut wait = Forget {
+            slot: &mut self.slot,
+            inner: &link.inner,
+        };
+        poll_fn(|cx| poll_readable(wait.slot, cx, link, deadline)).await
     }
 
     /// The next received piece, zero copy, or `None` at the end of the stream.

@@ -376,3 +376,117 @@ fn an_empty_fallback_frame_is_no_data_not_an_end() {
     assert!(!pieces.chunk().is_empty());
     assert_eq!(pieces.get_u32(), 7);
 }
+
+impl RawServer {
+    /// Pushes without a Polling frame (the flag may even have been down): what a peer does when
+    /// its next socket frame follows at once, or what a peer that saw our flag up does.
+    fn push_quiet(&self, elements: &[Element]) {
+        let pair = queue::attach_region(self.queue.region(), Side::Server).unwrap();
+        let (producer, _) = pair.into_roles();
+        for &e in elements {
+            producer.push(e).unwrap();
+        }
+    }
+
+    /// A slice of ours with `bytes` in it, handed over (ready to announce).
+    fn message(&self, bytes: &[u8]) -> u32 {
+        let buffers = buffer::attach(self.buffer.region(), Role::Mapper).unwrap();
+        let slice = buffers.alloc(bytes.len() as u64).unwrap().first();
+        buffers.set_len(slice, bytes.len() as u32).unwrap();
+        let (data, _) = buffers.data_area(slice).unwrap();
+        let dst = self.buffer.region().sub(data as usize, bytes.len()).unwrap();
+        // SAFETY: the raw server owns this freshly allocated slice and nothing else writes it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_ptr().as_ptr(), bytes.len()) };
+        buffers.hand_over(slice).unwrap();
+        slice
+    }
+}
+
+/// Review of issue 8's driver: a socket frame must not overtake elements the peer queued
+/// before it. The reader is busy reading a 2 MiB fallback frame when the peer pushes one more
+/// message (no Polling: it sees our flag up) and then sends a StreamClose frame (as Go does
+/// when its queue is full). The old driver read on through the socket, handled the close
+/// first and recycled the message as data for a closed stream.
+#[test]
+fn a_stream_close_frame_does_not_overtake_data_queued_before_it() {
+    let (raw, session) = setup(Config::default());
+    let bulk_stream = session.open_stream().unwrap();
+    bulk_stream.send(b"open").unwrap();
+    let mut stream = session.open_stream().unwrap();
+    stream.send(b"open").unwrap();
+    let (bulk_id, id) = (bulk_stream.id(), stream.id());
+    let reader = std::thread::spawn(move || {
+        stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut got = Vec::new();
+        while let Some(view) = stream.read_view().unwrap() {
+            got.extend_from_slice(&view);
+        }
+        (got, session, bulk_stream)
+    });
+    // Keeps the reader busy on the socket: 2 MiB for the other stream.
+    let bulk = vec![7u8; 2 << 20];
+    let mut frame = Vec::new();
+    Frame::new(
+        3,
+        Message::FallbackData {
+            stream_id: bulk_id,
+            status: 0,
+            data: &bulk,
+        },
+    )
+    .encode_into(&mut frame)
+    .unwrap();
+    raw.conn.send(&frame, "raw send").unwrap();
+    let slice = raw.message(b"last words");
+    raw.push_quiet(&[Element::data(id, slice)]);
+    let mut close = Vec::new();
+    Frame::new(3, Message::StreamClose { stream_id: id })
+        .encode_into(&mut close)
+        .unwrap();
+    raw.conn.send(&close, "raw send").unwrap();
+    let (got, _session, _bulk_stream) = reader.join().unwrap();
+    assert_eq!(&got[..], b"last words", "the message before the close, once");
+}
+
+/// The same for the end of the connection: what the peer pushed before it closed the socket
+/// is delivered before the session reports the peer gone (the reader is again busy on a
+/// 2 MiB fallback frame when the push and the close happen).
+#[test]
+fn data_queued_before_the_peer_closes_the_socket_is_delivered() {
+    let (raw, session) = setup(Config::default());
+    let bulk_stream = session.open_stream().unwrap();
+    bulk_stream.send(b"open").unwrap();
+    let mut stream = session.open_stream().unwrap();
+    stream.send(b"open").unwrap();
+    let (bulk_id, id) = (bulk_stream.id(), stream.id());
+    let reader = std::thread::spawn(move || {
+        stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut got = Vec::new();
+        let end = loop {
+            match stream.read_view() {
+                Ok(Some(view)) => got.extend_from_slice(&view),
+                other => break other.map(|_| ()),
+            }
+        };
+        (got, end, session, bulk_stream)
+    });
+    let bulk = vec![7u8; 2 << 20];
+    let mut frame = Vec::new();
+    Frame::new(
+        3,
+        Message::FallbackData {
+            stream_id: bulk_id,
+            status: 0,
+            data: &bulk,
+        },
+    )
+    .encode_into(&mut frame)
+    .unwrap();
+    raw.conn.send(&frame, "raw send").unwrap();
+    let slice = raw.message(b"goodbye");
+    raw.push_quiet(&[Element::data(id, slice)]);
+    raw.conn.shutdown();
+    let (got, end, _session, _bulk_stream) = reader.join().unwrap();
+    assert_eq!(&got[..], b"goodbye", "the message before the end, once");
+    assert!(matches!(end, Err(Error::PeerClosed)), "{end:?}");
+}
