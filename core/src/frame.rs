@@ -532,7 +532,9 @@ impl FrameDecoder {
     /// [`FrameError::TooLong`], reported before any of the frame is buffered.
     pub fn with_limit(limit: u32) -> Self {
         Self {
-            buf: alloc::vec::Vec::new(),
+            // Room for a few control frames from the start: a session whose first Polling
+            // frame comes late (a spinning reader) must not allocate on its message path then.
+            buf: alloc::vec::Vec::with_capacity(4 * HEADER_LEN + 64),
             start: 0,
             failed: None,
             limit,

@@ -90,8 +90,6 @@ struct Machine {
     spinner: Option<Spinner>,
     /// When the socket was last read by a spinner.
     socket_at: Instant,
-    /// Read the socket on the next look whatever `socket_at` says.
-    force_socket: bool,
     /// Spin windows that ended without data, in a row (the back-off).
     misses: u32,
     waits: u32,
@@ -237,7 +235,6 @@ impl Inner {
                 buf: vec![0; READ_CHUNK],
                 spinner: None,
                 socket_at: Instant::now(),
-                force_socket: false,
                 misses: 0,
                 waits: 0,
             }),
@@ -343,17 +340,9 @@ impl Inner {
             self.waiters.register(slot.id, cx.waker());
             slot.registered = true;
             let now = Instant::now();
-            // A spinner reads the socket only now and then (the peer sends no Polling while
-            // the flag is up; only fallback data, closes or the end come that way): a read is
-            // a system call, the queue is a cache line.
             let spinning = m.spinner.is_some_and(|s| s.id == slot.id);
-            let with_socket = !spinning
-                || std::mem::take(&mut m.force_socket)
-                || now.saturating_duration_since(m.socket_at) >= SOCKET_EVERY;
-            if with_socket {
-                m.socket_at = now;
-            }
-            if let Err(reason) = self.pump(&mut m, with_socket) {
+            // The queue first: it is a cache line, the socket a system call.
+            if let Err(reason) = self.pump(&mut m, true, false) {
                 drop(m);
                 self.shutdown(reason);
                 continue;
@@ -366,18 +355,35 @@ impl Inner {
                 self.leave(&mut m, slot);
                 return Poll::Ready(Err(Error::Timeout));
             }
-            // Another task spins for the session: sleep, but look again when its lease ends.
-            if let Some(s) = m.spinner {
-                if s.id != slot.id && s.lease > now {
+            let other_spinner = m.spinner.filter(|s| s.id != slot.id && s.lease > now);
+            let spin = other_spinner.is_none() && self.may_spin(&mut m, slot, now);
+            // A spinner reads the socket only now and then (the peer sends no Polling while
+            // the flag is up; only fallback data, closes or the end come that way); anyone
+            // about to sleep reads it (that also arms the reactor).
+            if !spin
+                || now.saturating_duration_since(m.socket_at) >= SOCKET_EVERY
+            {
+                m.socket_at = now;
+                if let Err(reason) = self.pump(&mut m, false, true) {
                     drop(m);
-                    let wake_at = deadline.map_or(s.lease, |d| d.min(s.lease));
-                    if self.sleep_until(cx, slot, wake_at) {
-                        continue;
-                    }
-                    return Poll::Pending;
+                    self.shutdown(reason);
+                    continue;
+                }
+                if let Some(out) = check(cx) {
+                    self.leave(&mut m, slot);
+                    return Poll::Ready(out);
                 }
             }
-            if self.may_spin(&mut m, slot, now) {
+            // Another task spins for the session: sleep, but look again when its lease ends.
+            if let Some(s) = other_spinner {
+                drop(m);
+                let wake_at = deadline.map_or(s.lease, |d| d.min(s.lease));
+                if self.sleep_until(cx, slot, wake_at) {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            if spin {
                 m.spinner = Some(Spinner {
                     id: slot.id,
                     lease: now + SPIN_LEASE,
@@ -402,11 +408,6 @@ impl Inner {
                 }
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
-            }
-            if !with_socket {
-                // About to sleep: look at the socket first (that also arms the reactor).
-                m.force_socket = true;
-                continue;
             }
             if m.spinner.is_some_and(|s| s.id == slot.id || s.lease <= now) {
                 m.spinner = None;
@@ -442,7 +443,7 @@ impl Inner {
         if self.is_closed() {
             return;
         }
-        if let Err(reason) = self.pump(&mut m, true) {
+        if let Err(reason) = self.pump(&mut m, true, true) {
             drop(m);
             self.shutdown(reason);
             return;
@@ -569,9 +570,9 @@ impl Inner {
 
     /// Drains the receive queue and reads the socket until it has nothing more. An error ends
     /// the session (counted in Go's `event_conn_error_count` unless the peer just left).
-    fn pump(&self, m: &mut Machine, with_socket: bool) -> Result<(), CloseReason> {
-        let result = self.drain_queue().and_then(|()| {
-            if with_socket {
+    fn pump(&self, m: &mut Machine, queue: bool, socket: bool) -> Result<(), CloseReason> {
+        let result = if queue { self.drain_queue() } else { Ok(()) }.and_then(|()| {
+            if socket {
                 self.pump_socket(m)
             } else {
                 Ok(())

@@ -281,7 +281,6 @@ impl Link {
         written: usize,
         write_timeout: Duration,
     ) -> Result<(), Error> {
-        let buffers = &self.inner.shm.buffers;
         let used = self.prepare_chain(slices, written)?;
         // Until the push succeeds the slices are ours: a failed push, or this future dropped
         // while it waits for queue room, gives them back.
@@ -573,7 +572,7 @@ impl ReadSide {
 
     async fn readable(&mut self, link: &Link, deadline: Option<Instant>) -> Result<bool, Error> {
         // Dropped while waiting (a timeout, a `select!`): give up any spin for the session.
-        let mut wait = Forget {
+        let wait = Forget {
             slot: &mut self.slot,
             inner: &link.inner,
         };
