@@ -269,3 +269,168 @@ fn our_v3_file_mode_client_echoes_through_their_server() {
     assert!(!fallback);
     assert_eq!(m.fallback_write_count, 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// The same through our async API, on tokio and on smol (async-io under the hand-written
+// executor of `shmlink_tests::exec`).
+
+#[derive(Clone, Copy)]
+enum Ours {
+    Tokio,
+    Smol,
+}
+
+/// Runs `f` on a thread of its own, on our runtime `ours`.
+fn on_our_runtime<T: Send + 'static>(
+    ours: Ours,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || match ours {
+        Ours::Tokio => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f),
+        Ours::Smol => shmlink_tests::exec::block_on(f),
+    })
+}
+
+/// Their client against our async server: every stream echoed through `AsyncStream`.
+fn their_client_our_async_server(ours: Ours, mode: MemMapType) {
+    let sock = socket_path("interop-async-srv");
+    let prefix = format!("/dev/shm/{}", unique("interop-as"));
+    let listener = Listener::bind(&sock, Config::default()).unwrap();
+    let expected = SIZES.len();
+    let server = on_our_runtime(ours, async move {
+        let session = match ours {
+            Ours::Tokio => shmlink::tokio::accept(&listener).await,
+            Ours::Smol => shmlink::smol::accept(&listener).await,
+        }
+        .unwrap();
+        let mut stream = session.accept_stream(None).await.unwrap();
+        let mut echoed = 0;
+        while let Some(body) = shmlink_tests::framed::recv(&mut stream).await.unwrap() {
+            shmlink_tests::framed::send(&stream, &body).await.unwrap();
+            echoed += 1;
+        }
+        drop(stream);
+        (echoed, session.all_buffers_free(), session)
+    });
+    let rt = runtime();
+    let config = their_config(mode, &prefix, false);
+    rt.block_on(async move {
+        let sm = SessionManager::new(
+            config,
+            DefaultUnixConnect,
+            SocketAddr::from_pathname(&sock).unwrap(),
+        )
+        .await
+        .unwrap();
+        let mut stream = StreamExt::new(sm.get_stream().unwrap());
+        for (i, &size) in SIZES.iter().enumerate() {
+            let body = payload(size, i);
+            assert!(
+                their_echo_roundtrip(&mut stream, &body).await == body,
+                "echo of {size} bytes"
+            );
+        }
+        stream.inner_mut().close().await.unwrap();
+        sm.close().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    drop(rt);
+    let (echoed, all_free, session) = server.join().unwrap();
+    assert_eq!(echoed, expected);
+    assert!(all_free, "every slice back in its free list");
+    drop(session);
+    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+}
+
+/// Our async client against their server.
+fn our_async_client_their_server(ours: Ours, mode: MemMode) {
+    let sock = socket_path("interop-async-cli");
+    let rt = runtime();
+    let mut listener = rt
+        .block_on(cloudwego_shmipc::Listener::new(
+            DefaultUnixListen,
+            SocketAddr::from_pathname(&sock).unwrap(),
+            cloudwego_shmipc::config::Config::default(),
+        ))
+        .unwrap();
+    rt.spawn(async move {
+        while let Ok(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = StreamExt::new(stream);
+                loop {
+                    let mut len = [0u8; 4];
+                    if stream.read_exact(&mut len).await.is_err() {
+                        break;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if stream.read_exact(&mut body).await.is_err()
+                        || stream.write_all(&len).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                        || stream.flush().await.is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = stream.inner_mut().close().await;
+            });
+        }
+    });
+    let config = our_config(mode);
+    let prefix = config.path_prefix.clone();
+    let client = on_our_runtime(ours, async move {
+        let session = match ours {
+            Ours::Tokio => shmlink::tokio::connect(&sock, config).await,
+            Ours::Smol => shmlink::smol::connect(&sock, config).await,
+        }
+        .unwrap();
+        let mut stream = session.open_stream().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20)));
+        for (i, &size) in SIZES.iter().enumerate() {
+            let body = payload(size, i);
+            shmlink_tests::framed::send(&stream, &body).await.unwrap();
+            let echo = shmlink_tests::framed::recv(&mut stream).await.unwrap().unwrap();
+            assert!(echo[..] == body[..], "echo of {size} bytes");
+        }
+        stream.close();
+        let start = std::time::Instant::now();
+        while !session.all_buffers_free() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(session.all_buffers_free(), "{:?}", session.shared_memory_usage());
+    });
+    client.join().unwrap();
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !leftover_files(&prefix).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+}
+
+#[test]
+fn their_client_echoes_through_our_tokio_server_memfd_and_devshm() {
+    their_client_our_async_server(Ours::Tokio, MemMapType::MemMapTypeMemFd);
+    their_client_our_async_server(Ours::Tokio, MemMapType::MemMapTypeDevShmFile);
+}
+
+#[test]
+fn their_client_echoes_through_our_smol_server_memfd_and_devshm() {
+    their_client_our_async_server(Ours::Smol, MemMapType::MemMapTypeMemFd);
+    their_client_our_async_server(Ours::Smol, MemMapType::MemMapTypeDevShmFile);
+}
+
+#[test]
+fn our_tokio_client_echoes_through_their_server_memfd_and_devshm() {
+    our_async_client_their_server(Ours::Tokio, MemMode::Memfd);
+    our_async_client_their_server(Ours::Tokio, MemMode::File);
+}
+
+#[test]
+fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
+    our_async_client_their_server(Ours::Smol, MemMode::Memfd);
+    our_async_client_their_server(Ours::Smol, MemMode::File);
+}
