@@ -33,6 +33,19 @@ MUTATIONS = {
         "header.working.store(0, Ordering::Relaxed);",
         "queue", "a_full_queue_and_the_flag_handshake_strand_nothing", "caught",
     ),
+    "fence-flag-adaptive": (
+        "core/src/queue.rs",
+        "header.working.store(0, Ordering::SeqCst);\n        fence(Ordering::SeqCst);",
+        "header.working.store(0, Ordering::Relaxed);",
+        "queue", "adaptive_spinning_and_hot_returns_strand_nothing", "caught",
+    ),
+    "mark-working-relaxed": (
+        "core/src/queue.rs",
+        "self.queue.header.working.store(1, Ordering::SeqCst);",
+        "self.queue.header.working.store(1, Ordering::Relaxed);",
+        # Not a bug (see the table in loom-tests/tests/queue.rs): kept as a record.
+        "queue", "adaptive_spinning_and_hot_returns_strand_nothing", "missed",
+    ),
     "tail-bump-no-fence": (
         "core/src/sync/counter.rs",
         "let old = self.value.fetch_add(delta, Ordering::SeqCst);\n"

@@ -12,6 +12,8 @@
 //! | the same | `a_full_queue_and_the_flag_handshake_strand_nothing` | caught |
 //! | tail increment Release without the SeqCst fence | `lost_wakeup_is_impossible_when_consumer_goes_idle` | caught |
 //! | producer lock removed | `two_producers_serialised_by_the_local_lock` | caught |
+//! | `finish_drain`: fence deleted, flag store Relaxed | `adaptive_spinning_and_hot_returns_strand_nothing` | caught |
+//! | `mark_working` store Relaxed | `adaptive_spinning_and_hot_returns_strand_nothing` | missed, and not a bug: raising the flag only makes the producer skip a Polling frame, and a consumer that raised it always looks at the queue again before it sleeps (`finish_drain`, whose SeqCst store and fence do the ordering) |
 #![cfg(loom)]
 
 use loom::thread;
@@ -115,6 +117,60 @@ fn lost_wakeup_is_impossible_when_consumer_goes_idle() {
             [first, Element::data(2, 2), Element::data(2, 3)],
             "an element was stranded"
         );
+        assert_eq!(consumer.queue().len().unwrap(), 0);
+    });
+}
+
+/// (e) The adaptive sync mode (issue 8) over the same flag: the consumer raises the flag
+/// itself when it starts spinning (`mark_working`), looks at the queue a bounded number of
+/// times, and either leaves with the flag still up (a "hot" return with data: the next wait
+/// starts by looking at the queue) or lowers it with `finish_drain` before sleeping. A producer
+/// pushes meanwhile and sends a Polling frame only when its CAS finds the flag down. Whatever
+/// the interleaving, the consumer's next wait plus the Polling frames sent find every element.
+#[test]
+fn adaptive_spinning_and_hot_returns_strand_nothing() {
+    loom::model(|| {
+        let (producer, mut consumer) = queue(4).split();
+        let producer = leak(producer);
+        let sent = [Element::data(2, 1), Element::data(2, 2)];
+        let t = thread::spawn(move || {
+            let mut notifies = 0;
+            for e in sent {
+                if producer.push(e).unwrap() == Wake::NotifyPeer {
+                    notifies += 1;
+                }
+            }
+            notifies
+        });
+        let mut got = Vec::new();
+        // One wait in Adaptive mode: look, start spinning (flag up), look once more.
+        while let Some(e) = consumer.pop().unwrap() {
+            got.push(e);
+        }
+        consumer.mark_working();
+        while let Some(e) = consumer.pop().unwrap() {
+            got.push(e);
+        }
+        let hot = !got.is_empty();
+        if !hot {
+            // The window ended without data: lower the flag (draining what raced in) and
+            // sleep until a Polling frame.
+            drain(&mut consumer, &mut got);
+        }
+        let notifies = t.join().unwrap();
+        if hot {
+            // A hot return leaves the flag up; the next wait looks at the queue first, then
+            // goes idle properly.
+            while let Some(e) = consumer.pop().unwrap() {
+                got.push(e);
+            }
+            drain(&mut consumer, &mut got);
+        }
+        // Each Polling frame sent is handled by a drain cycle; nothing else looks.
+        for _ in 0..notifies {
+            drain(&mut consumer, &mut got);
+        }
+        assert_eq!(got, sent, "an element was stranded or reordered");
         assert_eq!(consumer.queue().len().unwrap(), 0);
     });
 }
