@@ -219,17 +219,37 @@ impl Report {
         };
         use crate::transports::Rt;
         use shmlink::SyncMode;
-        for (rt, name) in [(Rt::Blocking, "blocking"), (Rt::Tokio, "tokio"), (Rt::Smol, "smol")] {
+        for (rt, name) in [
+            (Rt::Blocking, "blocking"),
+            (Rt::Tokio, "tokio"),
+            (Rt::Smol, "smol"),
+        ] {
             goal(
-                &format!("64 B to 4 KiB round trip in the default mode (Adaptive), {name}, at most 3 x the busy-wait floor"),
-                worst(Kind::Shmlink(rt, SyncMode::Adaptive), Kind::SpinSlot, &[64, 1024, 4096]),
+                &format!(
+                    "64 B to 4 KiB round trip in the default mode (Adaptive), {name}, at most 3 x the busy-wait floor"
+                ),
+                worst(
+                    Kind::Shmlink(rt, SyncMode::Adaptive),
+                    Kind::SpinSlot,
+                    &[64, 1024, 4096],
+                ),
                 3.0,
             );
         }
-        for (rt, name) in [(Rt::Blocking, "blocking"), (Rt::Tokio, "tokio"), (Rt::Smol, "smol")] {
+        for (rt, name) in [
+            (Rt::Blocking, "blocking"),
+            (Rt::Tokio, "tokio"),
+            (Rt::Smol, "smol"),
+        ] {
             goal(
-                &format!("The mode that never spins (Event, Go's behaviour), {name}, at most 1.1 x the futex-woken slot (64 B to 4 KiB)"),
-                worst(Kind::Shmlink(rt, SyncMode::Event), Kind::FutexSlot, &[64, 1024, 4096]),
+                &format!(
+                    "The mode that never spins (Event, Go's behaviour), {name}, at most 1.1 x the futex-woken slot (64 B to 4 KiB)"
+                ),
+                worst(
+                    Kind::Shmlink(rt, SyncMode::Event),
+                    Kind::FutexSlot,
+                    &[64, 1024, 4096],
+                ),
                 1.1,
             );
         }

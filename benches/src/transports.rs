@@ -375,7 +375,10 @@ async fn shmlink_recv_async(
 
 impl Client for AsyncShmlinkClient {
     fn round_trip(&mut self, n: usize, fill: u8) -> io::Result<u64> {
-        let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("closed"))?;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("closed"))?;
         self.exec.block_on(async {
             shmlink_send_async(stream, n, fill).await?;
             shmlink_recv_async(stream, n)
@@ -386,7 +389,10 @@ impl Client for AsyncShmlinkClient {
     }
 
     fn pipeline(&mut self, n: usize, count: usize, fill: u8) -> io::Result<(u64, u64)> {
-        let stream = self.stream.as_mut().ok_or_else(|| io::Error::other("closed"))?;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("closed"))?;
         self.exec.block_on(async {
             for _ in 0..count {
                 shmlink_send_async(stream, n, fill).await?;
@@ -402,7 +408,9 @@ impl Client for AsyncShmlinkClient {
     }
 
     fn wakeups_sent(&self) -> Option<u64> {
-        self.session.as_ref().map(|s| s.metrics().send_sync_event_count)
+        self.session
+            .as_ref()
+            .map(|s| s.metrics().send_sync_event_count)
     }
 }
 

@@ -43,7 +43,11 @@ async fn echo(mut stream: AsyncStream) -> std::io::Result<()> {
     loop {
         let mut len = [0u8; 4];
         if let Err(e) = read_exact(&mut stream, &mut len).await {
-            return if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(()) } else { Err(e) };
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
         read_exact(&mut stream, &mut body).await?;

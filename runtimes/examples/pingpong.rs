@@ -55,7 +55,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             let e = start.elapsed();
-            println!("wake-ups sent by the client: {}", session.metrics().send_sync_event_count);
+            println!(
+                "wake-ups sent by the client: {}",
+                session.metrics().send_sync_event_count
+            );
             e
         }
         "tokio" => tokio::runtime::Builder::new_current_thread()
@@ -89,11 +92,18 @@ async fn async_client(
         stream.send(&[7u8; SIZE]).await?;
         let mut got = 0;
         while got < SIZE {
-            got += stream.read_view().await?.ok_or(shmlink::Error::StreamEnded)?.len();
+            got += stream
+                .read_view()
+                .await?
+                .ok_or(shmlink::Error::StreamEnded)?
+                .len();
         }
     }
     let e = start.elapsed();
-    println!("wake-ups sent by the client: {}", session.metrics().send_sync_event_count);
+    println!(
+        "wake-ups sent by the client: {}",
+        session.metrics().send_sync_event_count
+    );
     Ok(e)
 }
 

@@ -145,7 +145,10 @@ impl Writer {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let since = *self.wait.since.get_or_insert_with(Instant::now);
-        let result = self.link.inner.poll_flushed(cx, &mut self.wait.timer, since);
+        let result = self
+            .link
+            .inner
+            .poll_flushed(cx, &mut self.wait.timer, since);
         if result.is_ready() {
             self.wait.done();
         }
@@ -337,7 +340,9 @@ pub struct ReadHalf {
 
 impl std::fmt::Debug for ReadHalf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadHalf").field("id", &self.link.id()).finish()
+        f.debug_struct("ReadHalf")
+            .field("id", &self.link.id())
+            .finish()
     }
 }
 
@@ -427,7 +432,8 @@ fn poll_read_timed(
     cx: &mut Context<'_>,
     buf: &mut [u8],
 ) -> Poll<Result<usize, Error>> {
-    let deadline = *poll_deadline.get_or_insert_with(|| read.read_timeout.map(|t| Instant::now() + t));
+    let deadline =
+        *poll_deadline.get_or_insert_with(|| read.read_timeout.map(|t| Instant::now() + t));
     let result = read.poll_read_into(cx, link, buf, deadline);
     if result.is_ready() {
         *poll_deadline = None;
@@ -594,7 +600,10 @@ macro_rules! runtime_entry {
         /// Connects to a server's unix socket and runs the handshake (on a short-lived thread
         /// of its own, so the executor never blocks), then drives the session on this
         /// runtime.
-        pub async fn connect(path: impl AsRef<Path>, config: Config) -> Result<AsyncSession, Error> {
+        pub async fn connect(
+            path: impl AsRef<Path>,
+            config: Config,
+        ) -> Result<AsyncSession, Error> {
             let path = path.as_ref().to_owned();
             let hs = off_thread("shmlink-connect", move || {
                 client_handshake(Conn::connect_unix(&path)?, config)

@@ -360,9 +360,7 @@ impl Inner {
             // A spinner reads the socket only now and then (the peer sends no Polling while
             // the flag is up; only fallback data, closes or the end come that way); anyone
             // about to sleep reads it (that also arms the reactor).
-            if !spin
-                || now.saturating_duration_since(m.socket_at) >= SOCKET_EVERY
-            {
+            if !spin || now.saturating_duration_since(m.socket_at) >= SOCKET_EVERY {
                 m.socket_at = now;
                 if let Err(reason) = self.pump(&mut m, false, true) {
                     drop(m);
@@ -571,13 +569,8 @@ impl Inner {
     /// Drains the receive queue and reads the socket until it has nothing more. An error ends
     /// the session (counted in Go's `event_conn_error_count` unless the peer just left).
     fn pump(&self, m: &mut Machine, queue: bool, socket: bool) -> Result<(), CloseReason> {
-        let result = if queue { self.drain_queue() } else { Ok(()) }.and_then(|()| {
-            if socket {
-                self.pump_socket(m)
-            } else {
-                Ok(())
-            }
-        });
+        let result = if queue { self.drain_queue() } else { Ok(()) }
+            .and_then(|()| if socket { self.pump_socket(m) } else { Ok(()) });
         if let Err(reason) = &result {
             if !matches!(reason, CloseReason::Peer) {
                 lock(&self.state).core.metrics_mut().event_conn_error_count += 1;
@@ -603,7 +596,9 @@ impl Inner {
                         let frame = match m.decoder.next_frame() {
                             Ok(Some(frame)) => frame,
                             Ok(None) => break,
-                            Err(e) => return Err(CloseReason::Violation(format!("bad frame: {e}"))),
+                            Err(e) => {
+                                return Err(CloseReason::Violation(format!("bad frame: {e}")));
+                            }
                         };
                         self.handle_frame(&frame)?;
                     }
@@ -640,7 +635,8 @@ impl Inner {
 
     /// Pops every element of the receive queue and routes it (one state lock per batch).
     fn drain_queue(&self) -> Result<(), CloseReason> {
-        let corrupt = |e: QueueError| CloseReason::Violation(format!("receive queue corrupted: {e}"));
+        let corrupt =
+            |e: QueueError| CloseReason::Violation(format!("receive queue corrupted: {e}"));
         let mut consumer = lock(&self.shm.recv);
         let Some(first) = consumer.pop().map_err(corrupt)? else {
             return Ok(());
@@ -977,7 +973,9 @@ impl Inner {
         let mut small = [0u8; 16];
         let (head, body): (&[u8], &[u8]) = match frame.message {
             Message::FallbackData { data, .. } => {
-                let (prefix, n) = frame.prefix().map_err(shmlink_linux::socket::TransportError::from)?;
+                let (prefix, n) = frame
+                    .prefix()
+                    .map_err(shmlink_linux::socket::TransportError::from)?;
                 small[..n].copy_from_slice(&prefix[..n]);
                 (&small[..n], data)
             }

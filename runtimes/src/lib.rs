@@ -6,7 +6,20 @@
 //! write payloads straight into shared memory, announce them with a 12-byte queue element,
 //! and wake the peer with a socket message only when it is idle.
 //!
-//! This blocking API runs one driver thread per session; it needs no async runtime.
+//! # Runtimes
+//!
+//! One protocol driver serves three runtimes; no session has a thread of its own. The task
+//! (or thread) that waits for data drains the shared receive queue itself, hands what it finds
+//! for other streams to their buffers and wakes only those, and returns its own data without
+//! a hop; writers publish from their own task.
+//!
+//! - blocking (always): [`Session`], [`Stream`], [`Listener`];
+//! - `tokio` (feature): [`tokio::connect`] / [`tokio::accept`] give an [`AsyncSession`]
+//!   whose waits go through tokio's reactor;
+//! - `smol` (feature): [`smol::connect`] / [`smol::accept`], through `async-io`, which any
+//!   executor can drive (smol, async-executor, `futures`' `block_on`, a hand-written one).
+//!
+//! A blocking echo, client and server in one process:
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -37,6 +50,117 @@
 //! server.join().unwrap()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The same on tokio (feature `tokio`), a complete server and client:
+//!
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmlink::{AsyncStream, Config, Error, Listener};
+//!
+//! async fn echo(mut stream: AsyncStream) -> Result<(), Error> {
+//!     // Zero copy: each view borrows a slice of shared memory until it is dropped.
+//!     while let Some(view) = stream.read_view().await? {
+//!         let n = view.len();
+//!         let mut reply = stream.reserve(n).await?; // shared memory again
+//!         reply.write_at(0, &view);
+//!         drop(view);
+//!         reply.commit(n).await?;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! let rt = tokio::runtime::Runtime::new()?;
+//! rt.block_on(async {
+//!     let listener = Listener::bind("/tmp/echo-tokio.sock", Config::default())?;
+//!     tokio::spawn(async move {
+//!         while let Ok(session) = shmlink::tokio::accept(&listener).await {
+//!             tokio::spawn(async move {
+//!                 while let Ok(stream) = session.accept_stream(None).await {
+//!                     tokio::spawn(echo(stream));
+//!                 }
+//!             });
+//!         }
+//!     });
+//!
+//!     let session = shmlink::tokio::connect("/tmp/echo-tokio.sock", Config::default()).await?;
+//!     let mut stream = session.open_stream()?;
+//!     stream.send(b"ping").await?;
+//!     let reply = stream.read_bytes(4).await?.ok_or(Error::StreamEnded)?;
+//!     assert_eq!(&reply[..], b"ping");
+//!     Ok(())
+//! })
+//! # }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
+//!
+//! And with `smol` (feature `smol`): the same types, made by [`smol::connect`] and
+//! [`smol::accept`]; here each session and stream gets a thread driving it with
+//! `async_io::block_on`, which is all an executor needs to provide:
+//!
+//! ```no_run
+//! # #[cfg(feature = "smol")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmlink::{Config, Error, Listener};
+//!
+//! let listener = Listener::bind("/tmp/echo-smol.sock", Config::default())?;
+//! std::thread::spawn(move || {
+//!     while let Ok(session) = async_io::block_on(shmlink::smol::accept(&listener)) {
+//!         std::thread::spawn(move || {
+//!             while let Ok(mut stream) = async_io::block_on(session.accept_stream(None)) {
+//!                 std::thread::spawn(move || {
+//!                     async_io::block_on(async {
+//!                         while let Ok(Some(view)) = stream.read_view().await {
+//!                             let copy = view.to_vec();
+//!                             drop(view);
+//!                             if stream.send(&copy).await.is_err() {
+//!                                 break;
+//!                             }
+//!                         }
+//!                     })
+//!                 });
+//!             }
+//!         });
+//!     }
+//! });
+//!
+//! async_io::block_on(async {
+//!     let session = shmlink::smol::connect("/tmp/echo-smol.sock", Config::default()).await?;
+//!     let mut stream = session.open_stream()?;
+//!     stream.send(b"ping").await?;
+//!     let reply = stream.read_bytes(4).await?.ok_or(Error::StreamEnded)?;
+//!     assert_eq!(&reply[..], b"ping");
+//!     Ok::<_, Error>(())
+//! })?;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "smol"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Waiting, deadlines and cancellation
+//!
+//! [`Config::sync`] says how a reader waits ([`SyncMode`]): `Event` sleeps at once and is
+//! woken by the peer's Polling frame, as Go does; `Adaptive` (the default) keeps looking at
+//! the queue for [`Config::spin_window`] first, yielding to other tasks between looks, so a
+//! quick peer's answer costs no system call; `Poll` looks until the data comes. Read timeouts
+//! (`set_read_timeout`) bound every read; write timeouts bound how long a write waits for
+//! memory or queue room under [`Exhaustion::Wait`].
+//!
+//! Async reads are cancellation-safe: a dropped read future loses nothing (the data stays
+//! buffered for the next read), and a read that was spinning for the session gives that up.
+//! A dropped `send`/`commit` publishes at most once: the message was sent or it was not, and
+//! its shared memory is never lost. `AsyncWrite::poll_write` publishes at once; `poll_flush`
+//! waits for socket frames (wake-ups, fallback data) the socket could not take yet.
+//!
+//! # When shared memory runs out
+//!
+//! [`Config::on_exhaustion`] decides ([`Exhaustion`]): `Fallback` (the default: the bytes
+//! travel on the socket and the stream stays there, as Go does, so a Go peer and a shmlink
+//! peer behave alike and a slow reader never blocks a writer), `Wait` (bounded by the write
+//! timeout; nothing moves to the socket), or `Error`. No message is lost, duplicated or
+//! reordered across a switch; a message larger than all of shared memory falls back or
+//! fails by the same policy.
 
 //!
 //! # What a peer can and cannot do to you

@@ -116,7 +116,9 @@ impl Session {
     pub fn accept_stream(&self, timeout: Option<Duration>) -> Result<Stream, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut slot = WaitSlot::new();
-        let shared = block_on(poll_fn(|cx| self.inner.poll_accept(cx, &mut slot, deadline)))?;
+        let shared = block_on(poll_fn(|cx| {
+            self.inner.poll_accept(cx, &mut slot, deadline)
+        }))?;
         Ok(Stream::new(Arc::clone(&self.inner), shared))
     }
 }
@@ -150,10 +152,7 @@ macro_rules! session_common {
             /// Whether the circuit breaker is closed (no fallback in the last
             /// `circuit_breaker`).
             pub fn is_healthy(&self) -> bool {
-                self.inner
-                    .lock_state()
-                    .core
-                    .is_healthy(self.inner.now_ms())
+                self.inner.lock_state().core.is_healthy(self.inner.now_ms())
             }
 
             /// Go's metrics for this session (PROTOCOL.md 8).
@@ -266,7 +265,6 @@ fn map_client_regions(
     Ok(shm)
 }
 
-
 /// A finished handshake, not yet driven by any runtime.
 pub(crate) struct Handshaken {
     conn: Conn,
@@ -279,61 +277,67 @@ pub(crate) struct Handshaken {
 /// Runs the client side on an already connected socket: creates and formats the queue and
 /// buffer regions, then the handshake (bounded by `initialize_timeout`).
 pub(crate) fn client_handshake(conn: Conn, config: Config) -> Result<Handshaken, Error> {
-        config.validate()?;
-        if config.mem_mode == MemMode::Memfd && !conn.is_unix() {
-            return Err(TransportError::MemfdOverTcp.into());
+    config.validate()?;
+    if config.mem_mode == MemMode::Memfd && !conn.is_unix() {
+        return Err(TransportError::MemfdOverTcp.into());
+    }
+    let prefix = unique_prefix(&config.path_prefix);
+    let queue_path = format!("{prefix}_queue_0");
+    let buffer_path = format!("{prefix}_buffer");
+    let queue_len = shmlink_core::queue::region_size(config.queue_cap);
+    let (queue, buffer) = match config.mem_mode {
+        MemMode::Memfd => (
+            SharedRegion::create_memfd(&queue_path, queue_len)?,
+            SharedRegion::create_memfd(&buffer_path, config.buffer_capacity)?,
+        ),
+        MemMode::File => (
+            SharedRegion::create_file(Path::new(&queue_path), queue_len)?,
+            SharedRegion::create_file(Path::new(&buffer_path), config.buffer_capacity)?,
+        ),
+    };
+    let shm = Shm::create(queue, buffer, config.queue_cap, &config.size_classes)?;
+    let mut hs = match (config.mem_mode, config.file_mode_v3) {
+        (MemMode::File, true) => {
+            ClientHandshake::v3_file(queue_path.as_bytes(), buffer_path.as_bytes())
         }
-        let prefix = unique_prefix(&config.path_prefix);
-        let queue_path = format!("{prefix}_queue_0");
-        let buffer_path = format!("{prefix}_buffer");
-        let queue_len = shmlink_core::queue::region_size(config.queue_cap);
-        let (queue, buffer) = match config.mem_mode {
-            MemMode::Memfd => (
-                SharedRegion::create_memfd(&queue_path, queue_len)?,
-                SharedRegion::create_memfd(&buffer_path, config.buffer_capacity)?,
-            ),
-            MemMode::File => (
-                SharedRegion::create_file(Path::new(&queue_path), queue_len)?,
-                SharedRegion::create_file(Path::new(&buffer_path), config.buffer_capacity)?,
-            ),
-        };
-        let shm = Shm::create(queue, buffer, config.queue_cap, &config.size_classes)?;
-        let mut hs = match (config.mem_mode, config.file_mode_v3) {
-            (MemMode::File, true) => {
-                ClientHandshake::v3_file(queue_path.as_bytes(), buffer_path.as_bytes())
+        (mode, _) => ClientHandshake::new(mode, queue_path.as_bytes(), buffer_path.as_bytes()),
+    };
+    let timeout = config.initialize_timeout;
+    let deadline = Instant::now() + timeout;
+    let to_err = handshake_err(timeout);
+    let mut frame_buf = Vec::new();
+    let mut out = hs.start()?;
+    let version = loop {
+        set_deadline(&conn, deadline, timeout)?;
+        out = match out {
+            Output::Send(bytes) => {
+                conn.send(&bytes, "send a handshake frame")
+                    .map_err(&to_err)?;
+                hs.step(Input::Sent)?
             }
-            (mode, _) => ClientHandshake::new(mode, queue_path.as_bytes(), buffer_path.as_bytes()),
+            Output::ReadFrame => {
+                conn.read_frame(&mut frame_buf, "read a handshake frame")
+                    .map_err(&to_err)?;
+                hs.step(Input::Frame(decode_one(&frame_buf)?))?
+            }
+            Output::SendFds => {
+                conn.send_fds(shm.buffer_mapping().fd(), shm.queue_mapping().fd())
+                    .map_err(&to_err)?;
+                hs.step(Input::Sent)?
+            }
+            Output::Done { version } => break version,
+            Output::RecvFds | Output::Map { .. } => {
+                unreachable!("the client handshake never asks for a server step")
+            }
         };
-        let timeout = config.initialize_timeout;
-        let deadline = Instant::now() + timeout;
-        let to_err = handshake_err(timeout);
-        let mut frame_buf = Vec::new();
-        let mut out = hs.start()?;
-        let version = loop {
-            set_deadline(&conn, deadline, timeout)?;
-            out = match out {
-                Output::Send(bytes) => {
-                    conn.send(&bytes, "send a handshake frame")
-                        .map_err(&to_err)?;
-                    hs.step(Input::Sent)?
-                }
-                Output::ReadFrame => {
-                    conn.read_frame(&mut frame_buf, "read a handshake frame")
-                        .map_err(&to_err)?;
-                    hs.step(Input::Frame(decode_one(&frame_buf)?))?
-                }
-                Output::SendFds => {
-                    conn.send_fds(shm.buffer_mapping().fd(), shm.queue_mapping().fd())
-                        .map_err(&to_err)?;
-                    hs.step(Input::Sent)?
-                }
-                Output::Done { version } => break version,
-                Output::RecvFds | Output::Map { .. } => {
-                    unreachable!("the client handshake never asks for a server step")
-                }
-            };
-        };
-        Ok(Handshaken { conn, shm, side: Side::Client, version, config })
+    };
+    Ok(Handshaken {
+        conn,
+        shm,
+        side: Side::Client,
+        version,
+        config,
+    })
 }
 /// Runs the server side of the handshake on an accepted socket and maps the client's
 /// regions. `config` supplies only the timeouts: the client decides the memory layout.
@@ -400,15 +404,26 @@ pub(crate) fn server_handshake(conn: Conn, config: Config) -> Result<Handshaken,
     let shm = shm.ok_or_else(|| {
         Error::ProtocolViolation("the handshake finished without mapping the regions".into())
     })?;
-    Ok(Handshaken { conn, shm, side: Side::Server, version, config })
+    Ok(Handshaken {
+        conn,
+        shm,
+        side: Side::Server,
+        version,
+        config,
+    })
 }
-
 
 impl Handshaken {
     /// Starts the session on `runtime`: the socket becomes non-blocking and is read by
     /// whichever task waits for data.
     pub(crate) fn start(self, runtime: Runtime) -> Result<Arc<Inner>, Error> {
-        let Handshaken { conn, shm, side, version, config } = self;
+        let Handshaken {
+            conn,
+            shm,
+            side,
+            version,
+            config,
+        } = self;
         conn.set_read_timeout(None)?;
         conn.set_write_timeout(None)?;
         let fd = conn.as_fd().try_clone_to_owned().map_err(Error::Io)?;

@@ -185,7 +185,11 @@ impl Link {
 
     /// Reserves `n` bytes: in shared memory when possible, on the heap when the stream is in
     /// fallback or memory ran out under the Fallback policy; waits under the Wait policy.
-    pub(crate) async fn reserve_kind(&self, n: usize, write_timeout: Duration) -> Result<Reserved, Error> {
+    pub(crate) async fn reserve_kind(
+        &self,
+        n: usize,
+        write_timeout: Duration,
+    ) -> Result<Reserved, Error> {
         if self.is_closed() {
             return Err(Error::StreamClosed);
         }
@@ -360,8 +364,14 @@ impl Link {
             Ok(_) => {}
             Err(BufferError::NoMoreBuffer { .. }) => {
                 *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = taken;
-                self.inner.lock_state().core.metrics_mut().alloc_shm_error_count += 1;
-                let exhausted = Error::SharedMemoryExhausted { requested: data.len() };
+                self.inner
+                    .lock_state()
+                    .core
+                    .metrics_mut()
+                    .alloc_shm_error_count += 1;
+                let exhausted = Error::SharedMemoryExhausted {
+                    requested: data.len(),
+                };
                 return match self.inner.settings.on_exhaustion {
                     Exhaustion::Fallback => self.try_fallback(data).map(Some),
                     Exhaustion::Error => Err(exhausted),
@@ -371,7 +381,8 @@ impl Link {
             }
             Err(e) => return Err(e.into()),
         }
-        let mut r = Reservation::<Async>::new(self, data.len(), Reserved::Shm(taken), Duration::ZERO);
+        let mut r =
+            Reservation::<Async>::new(self, data.len(), Reserved::Shm(taken), Duration::ZERO);
         r.write_at(0, data);
         r.done = true;
         let Reserved::Shm(slices) = &r.kind else {
@@ -486,7 +497,6 @@ impl Drop for Link {
         self.close();
     }
 }
-
 
 /// Waits until the receive buffer has data (`true`) or the stream ended (`false`).
 fn poll_readable(
@@ -667,7 +677,11 @@ impl ReadSide {
         Ok(true)
     }
 
-    pub(crate) async fn read_bytes(&mut self, link: &Link, n: usize) -> Result<Option<Bytes>, Error> {
+    pub(crate) async fn read_bytes(
+        &mut self,
+        link: &Link,
+        n: usize,
+    ) -> Result<Option<Bytes>, Error> {
         if !self.fill_contiguous(link, n).await? {
             return Ok(None);
         }
@@ -683,7 +697,11 @@ impl ReadSide {
         Ok(Some(self.rest.slice(..n)))
     }
 
-    pub(crate) async fn read_buf(&mut self, link: &Link, n: usize) -> Result<Option<Pieces>, Error> {
+    pub(crate) async fn read_buf(
+        &mut self,
+        link: &Link,
+        n: usize,
+    ) -> Result<Option<Pieces>, Error> {
         let deadline = self.deadline();
         let mut pieces = Pieces::default();
         while pieces.remaining() < n {
@@ -889,7 +907,9 @@ impl io::Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let deadline = self.read.deadline();
         let (read, link) = (&mut self.read, &self.link);
-        Ok(block_on(poll_fn(|cx| read.poll_read_into(cx, link, buf, deadline)))?)
+        Ok(block_on(poll_fn(|cx| {
+            read.poll_read_into(cx, link, buf, deadline)
+        }))?)
     }
 }
 
@@ -1130,7 +1150,9 @@ impl Reservation<'_, Async> {
     pub async fn commit(mut self, written: usize) -> Result<(), Error> {
         self.done = true;
         let written = written.min(self.len);
-        self.link.commit(&self.kind, written, self.write_timeout).await
+        self.link
+            .commit(&self.kind, written, self.write_timeout)
+            .await
     }
 
     /// Publishes what was written through [`BufMut`] or [`io::Write`].

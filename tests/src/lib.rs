@@ -151,6 +151,10 @@ pub mod framed {
             return Ok(None);
         };
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        stream.read_bytes(len).await?.map(Some).ok_or(Error::StreamEnded)
+        stream
+            .read_bytes(len)
+            .await?
+            .map(Some)
+            .ok_or(Error::StreamEnded)
     }
 }

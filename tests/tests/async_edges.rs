@@ -73,7 +73,10 @@ async fn a_cancelled_write_waiting_for_queue_room_returns_its_memory() {
     let in_use = client.shared_memory_usage().1;
     for _ in 0..20 {
         let r = tokio::time::timeout(Duration::from_millis(2), stream.send(&[2u8; 100])).await;
-        assert!(r.is_err(), "the queue is full: the send must still be waiting");
+        assert!(
+            r.is_err(),
+            "the queue is full: the send must still be waiting"
+        );
     }
     assert_eq!(
         client.shared_memory_usage().1,

@@ -343,7 +343,11 @@ fn their_client_our_async_server(ours: Ours, mode: MemMapType) {
     assert_eq!(echoed, expected);
     assert!(all_free, "every slice back in its free list");
     drop(session);
-    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    assert!(
+        leftover_files(&prefix).is_empty(),
+        "{:?}",
+        leftover_files(&prefix)
+    );
 }
 
 /// Our async client against their server.
@@ -392,7 +396,10 @@ fn our_async_client_their_server(ours: Ours, mode: MemMode) {
         for (i, &size) in SIZES.iter().enumerate() {
             let body = payload(size, i);
             shmlink_tests::framed::send(&stream, &body).await.unwrap();
-            let echo = shmlink_tests::framed::recv(&mut stream).await.unwrap().unwrap();
+            let echo = shmlink_tests::framed::recv(&mut stream)
+                .await
+                .unwrap()
+                .unwrap();
             assert!(echo[..] == body[..], "echo of {size} bytes");
         }
         stream.close();
@@ -400,7 +407,11 @@ fn our_async_client_their_server(ours: Ours, mode: MemMode) {
         while !session.all_buffers_free() && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(session.all_buffers_free(), "{:?}", session.shared_memory_usage());
+        assert!(
+            session.all_buffers_free(),
+            "{:?}",
+            session.shared_memory_usage()
+        );
     });
     client.join().unwrap();
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -408,7 +419,11 @@ fn our_async_client_their_server(ours: Ours, mode: MemMode) {
     while !leftover_files(&prefix).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(leftover_files(&prefix).is_empty(), "{:?}", leftover_files(&prefix));
+    assert!(
+        leftover_files(&prefix).is_empty(),
+        "{:?}",
+        leftover_files(&prefix)
+    );
 }
 
 #[test]

@@ -384,7 +384,7 @@ impl RawServer {
         let pair = queue::attach_region(self.queue.region(), Side::Server).unwrap();
         let (producer, _) = pair.into_roles();
         for &e in elements {
-            producer.push(e).unwrap();
+            let _deliberately_silent = producer.push(e).unwrap();
         }
     }
 
@@ -394,9 +394,15 @@ impl RawServer {
         let slice = buffers.alloc(bytes.len() as u64).unwrap().first();
         buffers.set_len(slice, bytes.len() as u32).unwrap();
         let (data, _) = buffers.data_area(slice).unwrap();
-        let dst = self.buffer.region().sub(data as usize, bytes.len()).unwrap();
+        let dst = self
+            .buffer
+            .region()
+            .sub(data as usize, bytes.len())
+            .unwrap();
         // SAFETY: the raw server owns this freshly allocated slice and nothing else writes it.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_ptr().as_ptr(), bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_ptr().as_ptr(), bytes.len())
+        };
         buffers.hand_over(slice).unwrap();
         slice
     }
@@ -445,7 +451,11 @@ fn a_stream_close_frame_does_not_overtake_data_queued_before_it() {
         .unwrap();
     raw.conn.send(&close, "raw send").unwrap();
     let (got, _session, _bulk_stream) = reader.join().unwrap();
-    assert_eq!(&got[..], b"last words", "the message before the close, once");
+    assert_eq!(
+        &got[..],
+        b"last words",
+        "the message before the close, once"
+    );
 }
 
 /// The same for the end of the connection: what the peer pushed before it closed the socket

@@ -63,12 +63,24 @@ fn echoes_in_both_memory_modes(rt: &str) {
     let prefix = format!("/dev/shm/{}", unique("rt-devshm"));
     client_against_echo(
         rt,
-        &["--devshm", "--prefix", &prefix, "--sizes", SIZES, "--streams", "3"],
+        &[
+            "--devshm",
+            "--prefix",
+            &prefix,
+            "--sizes",
+            SIZES,
+            "--streams",
+            "3",
+        ],
         Config::default(),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !leftover_files(&prefix).is_empty() {
-        assert!(Instant::now() < deadline, "files left: {:?}", leftover_files(&prefix));
+        assert!(
+            Instant::now() < deadline,
+            "files left: {:?}",
+            leftover_files(&prefix)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -109,7 +121,11 @@ fn serves_a_blocking_client(rt: &str) {
 }
 
 fn thousand_concurrent_streams(rt: &str) {
-    client_against_echo(rt, &["--streams", "1000", "--sizes", "1,100,5000"], Config::default());
+    client_against_echo(
+        rt,
+        &["--streams", "1000", "--sizes", "1,100,5000"],
+        Config::default(),
+    );
 }
 
 fn slow_reader(rt: &str) {

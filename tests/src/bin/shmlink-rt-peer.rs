@@ -124,7 +124,8 @@ async fn async_role(rt: Rt, role: &str, opts: Opts) -> Result<(), String> {
             check_free(&session)
         }
         "server" => {
-            let listener = Listener::bind(&opts.path, Config::default()).map_err(|e| e.to_string())?;
+            let listener =
+                Listener::bind(&opts.path, Config::default()).map_err(|e| e.to_string())?;
             println!("ready");
             for _ in 0..opts.sessions {
                 let session = match rt {
@@ -139,7 +140,9 @@ async fn async_role(rt: Rt, role: &str, opts: Opts) -> Result<(), String> {
         "reader" => {
             let session = connect(rt, &opts).await?;
             let mut stream = session.open_stream().map_err(|e| e.to_string())?;
-            framed::send(&stream, b"hello").await.map_err(|e| e.to_string())?;
+            framed::send(&stream, b"hello")
+                .await
+                .map_err(|e| e.to_string())?;
             let echo = framed::recv(&mut stream).await.map_err(|e| e.to_string())?;
             if echo.as_deref() != Some(&b"hello"[..]) {
                 return Err(format!("bad echo {echo:?}"));
@@ -182,7 +185,11 @@ fn check_free(session: &AsyncSession) -> Result<(), String> {
 }
 
 /// One stream's echo check.
-async fn echo_one(session: Arc<AsyncSession>, k: usize, sizes: Arc<Vec<usize>>) -> Result<(), String> {
+async fn echo_one(
+    session: Arc<AsyncSession>,
+    k: usize,
+    sizes: Arc<Vec<usize>>,
+) -> Result<(), String> {
     let mut stream = session.open_stream().map_err(|e| e.to_string())?;
     for (i, &size) in sizes.iter().enumerate() {
         let body = payload(size, i + k * 10);
@@ -191,7 +198,12 @@ async fn echo_one(session: Arc<AsyncSession>, k: usize, sizes: Arc<Vec<usize>>) 
             .map_err(|e| format!("stream {k}: send {size}: {e}"))?;
         match framed::recv(&mut stream).await {
             Ok(Some(echo)) if echo[..] == body[..] => {}
-            Ok(Some(echo)) => return Err(format!("stream {k}: echo of {size} differs ({} back)", echo.len())),
+            Ok(Some(echo)) => {
+                return Err(format!(
+                    "stream {k}: echo of {size} differs ({} back)",
+                    echo.len()
+                ));
+            }
             other => return Err(format!("stream {k}: echo of {size}: {other:?}")),
         }
     }
@@ -200,7 +212,12 @@ async fn echo_one(session: Arc<AsyncSession>, k: usize, sizes: Arc<Vec<usize>>) 
 
 /// `n` concurrent streams on one session: tasks on tokio's worker threads, one task of many
 /// futures under the hand-written executor.
-async fn echo_streams(rt: Rt, session: &Arc<AsyncSession>, n: usize, sizes: &[usize]) -> Result<(), String> {
+async fn echo_streams(
+    rt: Rt,
+    session: &Arc<AsyncSession>,
+    n: usize,
+    sizes: &[usize],
+) -> Result<(), String> {
     let sizes = Arc::new(sizes.to_vec());
     if rt == Rt::Tokio {
         let tasks: Vec<_> = (0..n)
@@ -223,7 +240,12 @@ async fn echo_streams(rt: Rt, session: &Arc<AsyncSession>, n: usize, sizes: &[us
 /// A writer sends `n` messages while a slower reader (pausing every 16 messages) checks the
 /// echoes in order: the echoes pile up in shared memory (and, when it runs out, travel as
 /// fallback) and none is lost or reordered.
-async fn slow_reader(rt: Rt, session: &Arc<AsyncSession>, n: usize, sizes: &[usize]) -> Result<(), String> {
+async fn slow_reader(
+    rt: Rt,
+    session: &Arc<AsyncSession>,
+    n: usize,
+    sizes: &[usize],
+) -> Result<(), String> {
     let stream = session.open_stream().map_err(|e| e.to_string())?;
     let (mut read, write) = stream.into_split();
     let sizes = sizes.to_vec();
@@ -231,10 +253,15 @@ async fn slow_reader(rt: Rt, session: &Arc<AsyncSession>, n: usize, sizes: &[usi
     let writer = async move {
         for i in 0..n {
             let body = payload(sizes[i % sizes.len()], i);
-            let mut r = write.reserve(4 + body.len()).await.map_err(|e| format!("reserve {i}: {e}"))?;
+            let mut r = write
+                .reserve(4 + body.len())
+                .await
+                .map_err(|e| format!("reserve {i}: {e}"))?;
             r.write_at(0, &(body.len() as u32).to_be_bytes());
             r.write_at(4, &body);
-            r.commit(4 + body.len()).await.map_err(|e| format!("send {i}: {e}"))?;
+            r.commit(4 + body.len())
+                .await
+                .map_err(|e| format!("send {i}: {e}"))?;
         }
         Ok::<_, String>(write)
     };
@@ -243,9 +270,17 @@ async fn slow_reader(rt: Rt, session: &Arc<AsyncSession>, n: usize, sizes: &[usi
             if i % 16 == 0 {
                 pause(rt, Duration::from_millis(2)).await;
             }
-            let len = read.read_bytes(4).await.map_err(|e| e.to_string())?.ok_or("early end")?;
+            let len = read
+                .read_bytes(4)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("early end")?;
             let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            let body = read.read_bytes(len).await.map_err(|e| e.to_string())?.ok_or("early end")?;
+            let body = read
+                .read_bytes(len)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("early end")?;
             if body[..] != payload(sizes2[i % sizes2.len()], i)[..] {
                 return Err(format!("message {i} differs or is out of order"));
             }
@@ -341,7 +376,9 @@ async fn serve(rt: Rt, session: Arc<AsyncSession>) -> Result<(), String> {
 async fn echo_async(mut stream: AsyncStream) -> Result<usize, String> {
     let mut n = 0;
     while let Some(body) = framed::recv(&mut stream).await.map_err(|e| e.to_string())? {
-        framed::send(&stream, &body).await.map_err(|e| e.to_string())?;
+        framed::send(&stream, &body)
+            .await
+            .map_err(|e| e.to_string())?;
         n += 1;
     }
     Ok(n)
@@ -364,7 +401,9 @@ fn blocking_client(opts: &Opts) -> Result<(), String> {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 if next_read < n {
-                    let body = recv_framed(&mut stream).map_err(|e| e.to_string())?.ok_or("early end")?;
+                    let body = recv_framed(&mut stream)
+                        .map_err(|e| e.to_string())?
+                        .ok_or("early end")?;
                     if body != payload(opts.sizes[next_read % opts.sizes.len()], next_read) {
                         return Err(format!("message {next_read} differs or is out of order"));
                     }
