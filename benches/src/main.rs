@@ -233,26 +233,16 @@ fn pingpong_once(kind: Kind, size: usize, plan: &Plan, tag: &str) -> Result<Roun
     let mut rtts = Vec::with_capacity(plan.max_iters.min(1 << 20) as usize);
     let window = machine::Window::start(peer.pid());
     let allocs0 = allocations();
-    let start = Instant::now();
-    let mut last_fill = 0;
-    let mut last_sum = 0;
-    while (rtts.len() as u64) < plan.min_iters
-        || (start.elapsed() < plan.budget && (rtts.len() as u64) < plan.max_iters)
-    {
-        let f = next_fill();
-        let t = Instant::now();
-        let sum = client.round_trip(size, f).map_err(err)?;
-        rtts.push(t.elapsed().as_nanos() as u64);
-        if rtts.len() == rtts.capacity() {
-            break;
-        }
-        // Checked outside the timed part, every time (cheap: one multiply).
-        if sum != expected(size, f) {
-            last_fill = f;
-            last_sum = sum;
-            break;
-        }
-    }
+    let (last_fill, last_sum) = client
+        .measure(
+            size,
+            plan.min_iters,
+            plan.budget,
+            plan.max_iters,
+            &mut next_fill,
+            &mut rtts,
+        )
+        .map_err(err)?;
     let allocs = allocations() - allocs0;
     let usage = window.end();
     if last_sum != 0 || last_fill != 0 {

@@ -328,7 +328,7 @@ impl Report {
         if !self.scale.is_empty() {
             let _ = writeln!(
                 m,
-                "\n### Streams at scale (shmlink-blocking, 64 B ping-pong on every stream of one session)\n"
+                "\n### Streams at scale (shmlink-blocking-adaptive, 64 B ping-pong on every stream of one session)\n"
             );
             m.push_str(&self.scale_table());
         }

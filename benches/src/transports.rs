@@ -128,6 +128,40 @@ pub(crate) trait Client {
     fn wakeups_sent(&self) -> Option<u64> {
         None
     }
+
+    /// The timed loop of a ping-pong measurement: at least `min` round trips, then more until
+    /// `budget` or `max`, each timed into `rtts`. Stops at the first reply whose checksum is
+    /// wrong and returns its (fill, sum), or (0, 0). Async clients override it to enter their
+    /// runtime once per measurement, as an application would, not once per round trip.
+    fn measure(
+        &mut self,
+        size: usize,
+        min: u64,
+        budget: std::time::Duration,
+        max: u64,
+        next_fill: &mut dyn FnMut() -> u8,
+        rtts: &mut Vec<u64>,
+    ) -> io::Result<(u8, u64)> {
+        let start = std::time::Instant::now();
+        while (rtts.len() as u64) < min || (start.elapsed() < budget && (rtts.len() as u64) < max) {
+            let f = next_fill();
+            let t = std::time::Instant::now();
+            let sum = self.round_trip(size, f)?;
+            rtts.push(t.elapsed().as_nanos() as u64);
+            if sum != expected_sum(size, f) {
+                return Ok((f, sum));
+            }
+            if rtts.len() == rtts.capacity() {
+                break;
+            }
+        }
+        Ok((0, 0))
+    }
+}
+
+/// The checksum of a correct reply to `size` bytes of `fill`.
+pub(crate) fn expected_sum(size: usize, fill: u8) -> u64 {
+    size as u64 * u64::from(fill.wrapping_add(1))
 }
 
 /// What the peer does with its connection.

@@ -541,6 +541,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Makes room for `additional` more bytes, so that reads of up to that size never
+    /// allocate (a runtime reserves its read size once).
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
     /// Appends bytes read from the socket.
     pub fn extend(&mut self, bytes: &[u8]) {
         self.compact();

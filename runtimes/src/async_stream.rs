@@ -45,6 +45,13 @@ impl std::fmt::Debug for AsyncSession {
 
 impl AsyncSession {
     /// Opens a stream (client side). Nothing is sent until the first write.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: &shmlink::AsyncSession) -> Result<(), shmlink::Error> {
+    /// let stream = session.open_stream()?;
+    /// stream.send(b"request").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn open_stream(&self) -> Result<AsyncStream, Error> {
         let shared = self.inner.open_stream()?;
         Ok(AsyncStream::new(Link::new(Arc::clone(&self.inner), shared)))
@@ -54,6 +61,17 @@ impl AsyncSession {
     ///
     /// Cancellation-safe: a stream opened while the future was pending is not lost; the
     /// next call returns it.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: &shmlink::AsyncSession) -> Result<(), shmlink::Error> {
+    /// use std::time::Duration;
+    /// match session.accept_stream(Some(Duration::from_secs(1))).await {
+    ///     Ok(stream) => println!("stream {}", stream.id()),
+    ///     Err(shmlink::Error::Timeout) => println!("nobody opened one"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn accept_stream(&self, timeout: Option<Duration>) -> Result<AsyncStream, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut slot = WaitSlot::new();
@@ -249,12 +267,29 @@ impl AsyncStream {
     }
 
     /// Writes `data` as one flush (copied once, into shared memory).
+    ///
+    /// Cancellation: dropped before it completes, the message was sent or it was not (never
+    /// half), and its shared memory is never lost.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// stream.send(b"hello").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send(&self, data: &[u8]) -> Result<(), Error> {
         self.link().send(data, self.writer.write_timeout).await
     }
 
     /// The next received piece, zero copy, or `None` at the end of the stream.
     /// Cancellation-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// while let Some(view) = stream.read_view().await? {
+    ///     println!("{} bytes in {}", view.len(), if view.is_shared_memory() { "shared memory" } else { "a fallback frame" });
+    /// } // each view returns its slice to the peer when dropped
+    /// # Ok(()) }
+    /// ```
     pub async fn read_view(&mut self) -> Result<Option<View>, Error> {
         let link = Arc::clone(self.link());
         self.read.read_view(&link).await
@@ -268,18 +303,45 @@ impl AsyncStream {
     /// Exactly `n` bytes as [`Bytes`] (zero copy when they lie in one slice); `Ok(None)` at
     /// the end of the stream. Cancellation-safe. See
     /// [`Stream::read_bytes`](crate::Stream::read_bytes).
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// // A length-prefixed message.
+    /// if let Some(len) = stream.read_bytes(4).await? {
+    ///     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    ///     let body = stream.read_bytes(len).await?.ok_or(shmlink::Error::StreamEnded)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn read_bytes(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
         let link = Arc::clone(self.link());
         self.read.read_bytes(&link, n).await
     }
 
     /// The next `n` bytes without consuming them. Cancellation-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// let header = stream.peek(8).await?; // still there for the next read
+    /// let same = stream.read_bytes(8).await?;
+    /// assert_eq!(header, same);
+    /// # Ok(()) }
+    /// ```
     pub async fn peek(&mut self, n: usize) -> Result<Option<Bytes>, Error> {
         let link = Arc::clone(self.link());
         self.read.peek(&link, n).await
     }
 
     /// Up to `n` bytes as a chain of zero-copy pieces ([`bytes::Buf`]). Cancellation-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// use bytes::Buf;
+    /// if let Some(mut pieces) = stream.read_buf(1 << 20).await? {
+    ///     let first = pieces.get_u32(); // reads across slice boundaries
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn read_buf(&mut self, n: usize) -> Result<Option<Pieces>, Error> {
         let link = Arc::clone(self.link());
         self.read.read_buf(&link, n).await
@@ -294,6 +356,22 @@ impl AsyncStream {
 
     /// Splits the stream into a read half and a write half, usable from two tasks. The stream
     /// closes when both are dropped (or the write half is shut down).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tokio")]
+    /// # async fn demo(stream: shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// let (mut read, write) = stream.into_split();
+    /// let writer = tokio::spawn(async move {
+    ///     for i in 0..100u32 {
+    ///         write.send(&i.to_be_bytes()).await?;
+    ///     }
+    ///     Ok::<_, shmlink::Error>(())
+    /// });
+    /// while let Some(view) = read.read_view().await? {
+    ///     println!("{} bytes", view.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn into_split(mut self) -> (ReadHalf, WriteHalf) {
         // The halves take over: the original's Drop must not close the stream.
         self.split = true;
@@ -331,7 +409,9 @@ async fn reserve(
     Ok(Reservation::new(link, n, kind, write_timeout))
 }
 
-/// The read half of an [`AsyncStream`] (from [`AsyncStream::into_split`]).
+/// The read half of an [`AsyncStream`] (from [`AsyncStream::into_split`]): every read
+/// method of the stream, cancellation-safe, and `AsyncRead`. See
+/// [`AsyncStream::into_split`] for an example.
 pub struct ReadHalf {
     link: Arc<Link>,
     read: ReadSide,
@@ -384,7 +464,8 @@ impl Drop for ReadHalf {
     }
 }
 
-/// The write half of an [`AsyncStream`] (from [`AsyncStream::into_split`]).
+/// The write half of an [`AsyncStream`] (from [`AsyncStream::into_split`]): `reserve`,
+/// `send` and `AsyncWrite`. See [`AsyncStream::into_split`] for an example.
 pub struct WriteHalf {
     writer: Writer,
 }
@@ -600,6 +681,13 @@ macro_rules! runtime_entry {
         /// Connects to a server's unix socket and runs the handshake (on a short-lived thread
         /// of its own, so the executor never blocks), then drives the session on this
         /// runtime.
+        ///
+        /// ```no_run
+        #[doc = concat!("# async fn demo() -> Result<(), shmlink::Error> {")]
+        #[doc = concat!("let session = shmlink::", $name, "::connect(\"/tmp/echo.sock\", shmlink::Config::default()).await?;")]
+        /// let stream = session.open_stream()?;
+        /// # Ok(()) }
+        /// ```
         pub async fn connect(
             path: impl AsRef<Path>,
             config: Config,
@@ -635,6 +723,14 @@ macro_rules! runtime_entry {
 
         /// Waits for the next client of `listener` whose handshake finished (handshakes run on
         /// their own threads, so a silent client never delays this). Cancellation-safe.
+        ///
+        /// ```no_run
+        #[doc = concat!("# async fn demo() -> Result<(), shmlink::Error> {")]
+        /// let listener = shmlink::Listener::bind("/tmp/echo.sock", shmlink::Config::default())?;
+        #[doc = concat!("let session = shmlink::", $name, "::accept(&listener).await?;")]
+        /// let stream = session.accept_stream(None).await?;
+        /// # Ok(()) }
+        /// ```
         pub async fn accept(listener: &Listener) -> Result<AsyncSession, Error> {
             let hs = poll_fn(|cx| listener.poll_handshaken(cx)).await?;
             Ok(AsyncSession {

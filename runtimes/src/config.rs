@@ -15,6 +15,18 @@ pub use shmlink_core::handshake::MemMode;
 /// a shmlink peer behave alike and a slow reader never blocks a writer; services that would
 /// rather wait than move a stream to the socket (and open the circuit breaker) choose
 /// [`Wait`](Exhaustion::Wait).
+///
+/// ```
+/// use std::time::Duration;
+/// use shmlink::{Config, Exhaustion};
+/// // Never move a stream to the socket; wait up to 2 s for the reader to free memory.
+/// let config = Config {
+///     on_exhaustion: Exhaustion::Wait,
+///     write_timeout: Duration::from_secs(2),
+///     ..Config::default()
+/// };
+/// # let _ = config;
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Exhaustion {
     /// Send the bytes in a FallbackData frame on the socket (Go): the stream stays on the
@@ -39,6 +51,13 @@ pub enum Exhaustion {
 /// spin window, which is most of the round-trip time in `Event` mode, and it stops spinning
 /// after a few windows without an answer, so an idle or slow peer costs almost nothing
 /// (BENCHMARKS.md has the numbers per mode and runtime).
+///
+/// ```
+/// use shmlink::{Config, SyncMode};
+/// // Go's behaviour, for a service that must not spend CPU waiting:
+/// let config = Config { sync: SyncMode::Event, ..Config::default() };
+/// # let _ = config;
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
     /// Go's behaviour: after draining the queue the reader lowers the flag and sleeps; the

@@ -231,7 +231,13 @@ impl Inner {
                 close_reason: None,
             }),
             machine: Mutex::new(Machine {
-                decoder: FrameDecoder::with_limit(settings.max_frame_len),
+                decoder: {
+                    // Room for a whole read plus a partial frame: control frames never make
+                    // it allocate on the message path.
+                    let mut d = FrameDecoder::with_limit(settings.max_frame_len);
+                    d.reserve(READ_CHUNK + 64);
+                    d
+                },
                 buf: vec![0; READ_CHUNK],
                 spinner: None,
                 socket_at: Instant::now(),

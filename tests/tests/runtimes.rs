@@ -186,6 +186,37 @@ fn peer_death_fails_a_pending_read(rt: &str) {
     wait_success(reader, Duration::from_secs(10));
 }
 
+/// A process that may run on one CPU never spins (its peer would need that CPU to answer):
+/// an Adaptive server pinned to one CPU goes to sleep after every message, so our client's
+/// every request finds its flag down and sends a Polling frame.
+fn one_cpu_never_spins(rt: &str) {
+    let sock = socket_path(&format!("rt-onecpu-{rt}"));
+    let mut child = Command::new(PEER)
+        .args([rt, "server", sock.to_str().unwrap()])
+        .env("SHMLINK_PEER_ONE_CPU", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let session = Session::connect(&sock, Config::default()).unwrap();
+    let mut stream = session.open_stream().unwrap();
+    let rounds = 200;
+    check_echoes(&mut stream, &vec![64; rounds], 0).unwrap();
+    let polling = session.metrics().send_sync_event_count;
+    drop(stream);
+    drop(session);
+    wait_success(child, Duration::from_secs(30));
+    // Every request (two flushes: length and body go as one) woke a sleeping server.
+    assert!(
+        polling >= rounds as u64 * 9 / 10,
+        "the pinned server spun: only {polling} Polling frames for {rounds} requests"
+    );
+}
+
 macro_rules! suite {
     ($rt:ident) => {
         mod $rt {
@@ -212,6 +243,11 @@ macro_rules! suite {
             #[test]
             fn exhaustion_delivers_every_message_once_and_in_order() {
                 super::exhaustion_delivers_every_message_once_in_order(stringify!($rt));
+            }
+
+            #[test]
+            fn a_process_on_one_cpu_never_spins() {
+                super::one_cpu_never_spins(stringify!($rt));
             }
 
             #[test]

@@ -46,6 +46,12 @@ struct Opts {
 }
 
 fn main() {
+    if std::env::var_os("SHMLINK_PEER_ONE_CPU").is_some() {
+        // As under `taskset -c 0`: this process may run on one CPU only.
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(0);
+        rustix::thread::sched_setaffinity(None, &one).expect("pin to CPU 0");
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = match args.first().map(String::as_str) {
         Some("blocking") => Rt::Blocking,
