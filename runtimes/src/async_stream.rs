@@ -230,22 +230,57 @@ impl AsyncStream {
     }
 
     /// The stream id (the client's first stream is 2).
+    ///
+    /// ```no_run
+    /// # fn demo(session: &shmlink::AsyncSession) -> Result<(), shmlink::Error> {
+    /// let stream = session.open_stream()?;
+    /// println!("stream {}", stream.id());
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> u32 {
         self.link().id()
     }
 
-    /// Bounds every read (`None`: wait for ever, until data, end or session close).
+    /// Bounds every read (`None`: wait for ever, until data, end or session close); a read
+    /// that runs out of time fails with [`Error::Timeout`] and consumes nothing. For
+    /// `AsyncRead::poll_read` the time runs from the first poll after the last completed
+    /// read, so prefer the read methods (their deadline is per call) inside `select!`.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// use std::time::Duration;
+    /// stream.set_read_timeout(Some(Duration::from_millis(100)));
+    /// match stream.read_view().await {
+    ///     Err(shmlink::Error::Timeout) => println!("nothing within 100 ms"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read.read_timeout = timeout;
     }
 
     /// Bounds how long a write waits for shared memory or queue room under
-    /// [`Exhaustion::Wait`](crate::Exhaustion).
+    /// [`Exhaustion::Wait`](crate::Exhaustion) (then [`Error::Timeout`]; nothing is sent).
+    ///
+    /// ```no_run
+    /// # fn demo(stream: &mut shmlink::AsyncStream) {
+    /// stream.set_write_timeout(std::time::Duration::from_secs(1));
+    /// # }
+    /// ```
     pub fn set_write_timeout(&mut self, timeout: Duration) {
         self.writer.write_timeout = timeout;
     }
 
-    /// Whether this stream now sends over the socket because shared memory ran out.
+    /// Whether this stream now sends over the socket because shared memory ran out (the
+    /// Fallback policy; a stream stays there so that its bytes never overtake each other).
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// stream.send(&vec![0u8; 64 << 20]).await?; // larger than all shared memory
+    /// assert!(stream.is_fallback());
+    /// # Ok(()) }
+    /// ```
     pub fn is_fallback(&self) -> bool {
         self.link().is_fallback()
     }
@@ -296,6 +331,14 @@ impl AsyncStream {
     }
 
     /// Bytes received and not yet read (takes in what the peer sent; never waits).
+    ///
+    /// ```no_run
+    /// # fn demo(stream: &shmlink::AsyncStream) {
+    /// if stream.available() == 0 {
+    ///     println!("a read would wait");
+    /// }
+    /// # }
+    /// ```
     pub fn available(&self) -> usize {
         self.read.available(self.link())
     }
@@ -347,7 +390,15 @@ impl AsyncStream {
         self.read.read_buf(&link, n).await
     }
 
-    /// Closes the stream: unread data is recycled and the peer is told. Idempotent.
+    /// Closes the stream: unread data is recycled and the peer is told (it reads to the end
+    /// of what was sent, then sees the end). Idempotent; dropping the stream does the same.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut stream: shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// stream.send(b"last message").await?;
+    /// stream.close();
+    /// # Ok(()) }
+    /// ```
     pub fn close(&mut self) {
         let link = Arc::clone(self.link());
         self.read.forget(&link);
