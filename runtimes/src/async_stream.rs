@@ -87,6 +87,24 @@ impl AsyncSession {
     }
 }
 
+impl AsyncSession {
+    /// Closes the session gracefully and waits for it: no new streams; once the peer has
+    /// taken what is queued for it (or after [`Config::shutdown_timeout`](crate::Config)), the
+    /// socket closes.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: shmlink::AsyncSession) -> Result<(), shmlink::Error> {
+    /// let mut stream = session.open_stream()?;
+    /// stream.send(b"bye").await?;
+    /// stream.close();
+    /// session.shutdown().await; // the peer reads "bye", then the end of the stream
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self) {
+        self.inner.shutdown_async().await;
+    }
+}
+
 session_common!(AsyncSession);
 
 /// Write-side bookkeeping of `poll_write`/`poll_flush`: the back-off timer and since when the

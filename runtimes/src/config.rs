@@ -114,6 +114,11 @@ pub struct Config {
     /// is owned by the connecting process's uid; anything else ends that handshake with an
     /// error naming the path and this setting.
     pub shm_dirs: Vec<std::path::PathBuf>,
+    /// How long closing a session waits for the peer to take what is still queued for it
+    /// (stream closes, data) before the socket closes (default 1 s). Without this wait a
+    /// stream close queued just before the session close could be overtaken by the end of the
+    /// connection, and the peer would see "session closed" where "end of stream" was meant.
+    pub shutdown_timeout: Duration,
     /// How readers wait for the peer (default [`SyncMode::Adaptive`]). Either side may choose
     /// its own mode; the wire protocol is the same.
     pub sync: SyncMode,
@@ -141,6 +146,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             sync: SyncMode::Adaptive,
             spin_window: Duration::from_micros(50),
+            shutdown_timeout: Duration::from_secs(1),
         }
     }
 }

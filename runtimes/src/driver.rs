@@ -70,6 +70,9 @@ pub(crate) struct Settings {
     pub(crate) socket_write_timeout: Duration,
     pub(crate) sync: SyncMode,
     pub(crate) spin_window: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    /// Whether the session is driven by the blocking adapter (a close may wait in place).
+    pub(crate) blocking: bool,
     /// Whether this process may run on more than one CPU: spinning against a peer that
     /// needs our only CPU would starve it.
     pub(crate) can_spin: bool,
@@ -203,6 +206,8 @@ pub(crate) struct Inner {
     reactor: Box<dyn Reactor>,
     conn: Conn,
     closed: AtomicBool,
+    /// A graceful close has begun.
+    closing: AtomicBool,
     epoch: Instant,
     version: u8,
     pub(crate) settings: Settings,
@@ -250,6 +255,7 @@ impl Inner {
             reactor,
             conn,
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             epoch: Instant::now(),
             settings,
             counters: Counters::default(),
@@ -732,6 +738,9 @@ impl Inner {
     // ---------------------------------------------------------------- streams and accept
 
     pub(crate) fn open_stream(&self) -> Result<Arc<StreamShared>, Error> {
+        if self.is_closing() {
+            return Err(Error::ClosedLocally);
+        }
         let mut state = self.live_state()?;
         let now = self.now_ms();
         let id = state.core.open_stream(now).map_err(Error::from)?;
@@ -1077,6 +1086,93 @@ impl Inner {
         let error = reason.error();
         self.shutdown(reason);
         error
+    }
+
+    /// Whether the peer has taken everything we queued for it (our send queue is empty and
+    /// no frame waits in the out buffer).
+    fn peer_took_everything(&self) -> bool {
+        self.shm.send.queue().is_empty().unwrap_or(true) && lock(&self.out).is_empty()
+    }
+
+    /// Closes the session gracefully: no new streams, then, once the peer has taken what is
+    /// queued for it (or `shutdown_timeout` has passed), the socket closes. A blocking session
+    /// waits in place; an async one hands the wait to a short-lived thread, so that no
+    /// executor thread blocks (`AsyncSession::shutdown` waits asynchronously instead).
+    pub(crate) fn close_gracefully(self: &Arc<Self>) {
+        if self.is_closed() {
+            return;
+        }
+        // SYNC: Release; pairs with the Acquire load in is_closing.
+        self.closing.store(true, Ordering::Release);
+        let _ = self.flush_out_now_checked();
+        if self.peer_took_everything() {
+            self.shutdown(CloseReason::Local);
+            return;
+        }
+        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        if self.settings.blocking {
+            self.wait_drained(deadline);
+            self.shutdown(CloseReason::Local);
+            return;
+        }
+        let inner = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("shmlink-close".into())
+            .spawn(move || {
+                inner.wait_drained(deadline);
+                inner.shutdown(CloseReason::Local);
+            });
+        if spawned.is_err() {
+            self.shutdown(CloseReason::Local);
+        }
+    }
+
+    /// Waits (sleeping briefly between looks) until the peer took everything or `deadline`.
+    fn wait_drained(&self, deadline: Instant) {
+        let mut pause = Duration::from_micros(50);
+        while !self.is_closed() && Instant::now() < deadline {
+            let _ = self.flush_out_now_checked();
+            if self.peer_took_everything() {
+                return;
+            }
+            // Notices a peer that is gone (no reason to wait for it then).
+            self.pump_now();
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Async twin of the wait in [`close_gracefully`](Self::close_gracefully).
+    pub(crate) async fn shutdown_async(&self) {
+        if self.is_closed() {
+            return;
+        }
+        // SYNC: Release; pairs with the Acquire load in is_closing.
+        self.closing.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        let mut timer = None;
+        let mut pause = Duration::from_micros(50);
+        while !self.is_closed() && Instant::now() < deadline {
+            let _ = self.flush_out_now_checked();
+            if self.peer_took_everything() {
+                break;
+            }
+            self.pump_now();
+            self.pause(&mut timer, pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        self.shutdown(CloseReason::Local);
+    }
+
+    /// Whether a graceful close has begun (no new streams).
+    pub(crate) fn is_closing(&self) -> bool {
+        // SYNC: Acquire; pairs with the Release stores in close_gracefully / shutdown_async.
+        self.closing.load(Ordering::Acquire)
+    }
+
+    fn flush_out_now_checked(&self) -> bool {
+        self.flush_out_now();
+        !self.is_closed()
     }
 
     /// Marks the session closed, wakes everyone, and shuts the socket down.

@@ -171,9 +171,22 @@ macro_rules! session_common {
                 self.inner.shm.buffers.all_free()
             }
 
-            /// Closes the session at once: the socket is shut down and streams see the end.
+            /// Closes the session: no new streams; once the peer has taken what is queued
+            /// for it (stream closes, data), or after [`Config::shutdown_timeout`](crate::Config),
+            /// the socket closes and every stream sees the end. Dropping the session does the
+            /// same. A blocking session waits here; an async one waits on a short-lived thread
+            /// (use `AsyncSession::shutdown` to await it).
+            ///
+            /// ```no_run
+            /// # fn demo(session: shmlink::Session) -> Result<(), shmlink::Error> {
+            /// let mut stream = session.open_stream()?;
+            /// stream.send(b"bye")?;
+            /// stream.close(); // queued behind the data
+            /// session.close(); // the peer reads "bye", then the end of the stream
+            /// # Ok(()) }
+            /// ```
             pub fn close(&self) {
-                self.inner.shutdown(crate::error::CloseReason::Local);
+                self.inner.close_gracefully();
             }
         }
 
@@ -436,6 +449,8 @@ impl Handshaken {
             socket_write_timeout: config.connection_write_timeout,
             sync: config.sync,
             spin_window: config.spin_window,
+            shutdown_timeout: config.shutdown_timeout,
+            blocking: runtime == Runtime::Blocking,
             can_spin: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
         };
         let core = core_session::Session::new(side, version, breaker);
