@@ -114,6 +114,10 @@ pub struct Config {
     /// is owned by the connecting process's uid; anything else ends that handshake with an
     /// error naming the path and this setting.
     pub shm_dirs: Vec<std::path::PathBuf>,
+    /// File mode of a [`Listener`](crate::Listener)'s unix socket (default `0o600`: only this
+    /// user may connect). A stale socket file left by a dead listener is replaced; a live one
+    /// makes `bind` fail.
+    pub socket_mode: u32,
     /// How long closing a session waits for the peer to take what is still queued for it
     /// (stream closes, data) before the socket closes (default 1 s). Without this wait a
     /// stream close queued just before the session close could be overtaken by the end of the
@@ -147,6 +151,7 @@ impl Default for Config {
             sync: SyncMode::Adaptive,
             spin_window: Duration::from_micros(50),
             shutdown_timeout: Duration::from_secs(1),
+            socket_mode: 0o600,
         }
     }
 }

@@ -217,6 +217,45 @@ mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio {
     crate::async_stream::runtime_entry!(Runtime::Tokio, "tokio");
+
+    /// Runs `handler` on every stream any client opens, each in a task of its own, until
+    /// the listener is closed; then returns `Ok(())`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), shmlink::Error> {
+    /// let listener = shmlink::Listener::bind("/tmp/echo.sock", shmlink::Config::default())?;
+    /// shmlink::tokio::serve(&listener, |mut stream| async move {
+    ///     while let Ok(Some(view)) = stream.read_view().await {
+    ///         let reply = view.to_vec();
+    ///         drop(view);
+    ///         if stream.send(&reply).await.is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// })
+    /// .await
+    /// # }
+    /// ```
+    pub async fn serve<F, Fut>(listener: &Listener, handler: F) -> Result<(), Error>
+    where
+        F: Fn(crate::AsyncStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handler = std::sync::Arc::new(handler);
+        loop {
+            let session = match accept(listener).await {
+                Ok(session) => session,
+                Err(Error::ClosedLocally) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let handler = std::sync::Arc::clone(&handler);
+            ::tokio::spawn(async move {
+                while let Ok(stream) = session.accept_stream(None).await {
+                    ::tokio::spawn(handler(stream));
+                }
+            });
+        }
+    }
 }
 
 /// The smol runtime, through `async-io`: works under any executor (smol, async-executor,

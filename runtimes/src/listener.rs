@@ -91,14 +91,18 @@ pub struct Listener {
     ready: Arc<Ready>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
     tcp_addr: Option<std::net::SocketAddr>,
 }
 
 impl Listener {
     /// Listens on a unix socket path (a stale socket file there is replaced, as Go does).
     pub fn bind(path: impl AsRef<Path>, config: Config) -> Result<Self, Error> {
-        Self::start(socket::Listener::bind_unix(path.as_ref())?, config)
+        let mode = config.socket_mode;
+        Self::start(
+            socket::Listener::bind_unix_mode(path.as_ref(), mode)?,
+            config,
+        )
     }
 
     /// Listens on a TCP address (clients must use file mode).
@@ -123,7 +127,7 @@ impl Listener {
             ready,
             counters,
             stop,
-            acceptor: Some(acceptor),
+            acceptor: Mutex::new(Some(acceptor)),
             tcp_addr,
         })
     }
@@ -230,10 +234,10 @@ impl Ready {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a session; false when the backlog is full.
+    /// Queues a session; false when the backlog is full or the listener closed.
     fn push(&self, hs: Handshaken) -> bool {
         let mut state = self.lock();
-        if state.sessions.len() >= READY_BACKLOG {
+        if state.closed || state.sessions.len() >= READY_BACKLOG {
             return false;
         }
         state.sessions.push_back(hs);
@@ -256,14 +260,84 @@ impl Ready {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
+impl Listener {
+    /// Runs `handler` on every stream any client opens, each on a thread of its own, until
+    /// the listener is closed (from another thread, with [`close`](Self::close)); then returns
+    /// `Ok(())`. Sessions already running keep serving their streams.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), shmlink::Error> {
+    /// use std::io::{Read, Write};
+    /// let listener = shmlink::Listener::bind("/tmp/echo.sock", shmlink::Config::default())?;
+    /// listener.serve(|mut stream| {
+    ///     let mut buf = [0u8; 4096];
+    ///     while let Ok(n) = stream.read(&mut buf) {
+    ///         if n == 0 || stream.write_all(&buf[..n]).is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve<F>(&self, handler: F) -> Result<(), Error>
+    where
+        F: Fn(crate::Stream) + Send + Sync + 'static,
+    {
+        let handler = Arc::new(handler);
+        loop {
+            let session = match self.accept() {
+                Ok(session) => session,
+                Err(Error::ClosedLocally) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let handler = Arc::clone(&handler);
+            std::thread::Builder::new()
+                .name("shmlink-session".into())
+                .spawn(move || {
+                    while let Ok(stream) = session.accept_stream(None) {
+                        let handler = Arc::clone(&handler);
+                        let spawned = std::thread::Builder::new()
+                            .name("shmlink-stream".into())
+                            .spawn(move || handler(stream));
+                        if let Err(e) = spawned {
+                            tracing::warn!(target: "shmlink::listener", error = %e, "cannot start a stream thread");
+                        }
+                    }
+                })
+                .map_err(Error::Io)?;
+        }
+    }
+
+    /// Stops accepting: the socket file is removed, handshakes still in flight are
+    /// abandoned, `accept` returns [`Error::ClosedLocally`]. Sessions already accepted are
+    /// not touched; they drain and close on their own. Dropping the listener does the same.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), shmlink::Error> {
+    /// let listener = shmlink::Listener::bind("/tmp/svc.sock", shmlink::Config::default())?;
+    /// let session = listener.accept()?;
+    /// listener.close(); // no new clients; `session` keeps working
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) {
         // SYNC: Release; pairs with the acceptor loop's Acquire load of the stop flag.
         self.stop.store(true, Ordering::Release);
-        if let Some(acceptor) = self.acceptor.take() {
+        let acceptor = self
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(acceptor) = acceptor {
+            // The acceptor owns the socket: it is closed (and its file removed) when it ends.
             let _ = acceptor.join();
         }
         self.ready.close();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

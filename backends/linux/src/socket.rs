@@ -376,13 +376,34 @@ pub enum Listener {
 impl Listener {
     /// Listens on a unix socket path, replacing a stale socket file there (as Go does).
     pub fn bind_unix(path: &Path) -> Result<Self, TransportError> {
+        Self::bind_unix_mode(path, 0o600)
+    }
+
+    /// Binds a unix socket at `path` with file mode `mode`. An existing socket file is
+    /// removed only when no process listens on it (a connect is refused): a live listener
+    /// makes this fail with `AddrInUse` instead of stealing its path. Anything that is not a
+    /// socket is left alone (the bind then fails).
+    pub fn bind_unix_mode(path: &Path, mode: u32) -> Result<Self, TransportError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
+                match UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(TransportError::Io {
+                            context: "bind the unix socket: another process listens on it",
+                            source: io::ErrorKind::AddrInUse.into(),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    Err(_) => {}
+                }
             }
         }
         let l = UnixListener::bind(path).map_err(TransportError::io("bind the unix socket"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(TransportError::io("set the unix socket's file mode"))?;
         Ok(Listener::Unix(l, path.to_owned()))
     }
 

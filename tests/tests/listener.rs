@@ -1,0 +1,129 @@
+//! Issue 9, item 1: the listener's socket file (stale or live, its mode), `close`, and
+//! callback serving on the blocking API and on tokio.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shmlink::{Config, Error, Listener, Session};
+use shmlink_tests::{check_echoes, socket_path, unique};
+
+#[test]
+fn a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen() {
+    let path = socket_path(&unique("stale"));
+    // A socket file whose listener is gone (bound, then the fd closed without unlinking).
+    {
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(l);
+    }
+    assert!(path.exists(), "the stale file is there");
+    let live = Listener::bind(&path, Config::default()).expect("a stale file is replaced");
+    let second = Listener::bind(&path, Config::default());
+    let err = second.expect_err("a live listener's path is not taken over");
+    assert!(err.to_string().contains("another process listens"), "{err}");
+    // The live one still works.
+    let session = Session::connect(&path, Config::default()).unwrap();
+    let _server = live.accept_timeout(Duration::from_secs(10)).unwrap();
+    drop(session);
+}
+
+#[test]
+fn the_socket_file_is_private_unless_configured() {
+    let path = socket_path(&unique("mode"));
+    let l = Listener::bind(&path, Config::default()).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(l);
+    let shared = Config {
+        socket_mode: 0o660,
+        ..Config::default()
+    };
+    let l = Listener::bind(&path, shared).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    drop(l);
+}
+
+#[test]
+fn close_stops_accepting_and_unlinks_but_running_sessions_keep_working() {
+    let path = socket_path(&unique("close"));
+    let listener = Listener::bind(&path, Config::default()).unwrap();
+    let client = Session::connect(&path, Config::default()).unwrap();
+    let server = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    listener.close();
+    assert!(!path.exists(), "the socket file is removed");
+    assert!(matches!(listener.accept(), Err(Error::ClosedLocally)));
+    assert!(Session::connect(&path, Config::default()).is_err());
+    // The accepted session still serves.
+    let mut c = client.open_stream().unwrap();
+    c.write_all(b"still here").unwrap();
+    let mut s = server.accept_stream(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+fn echo_stream(mut stream: shmlink::Stream) {
+    while let Ok(Some(body)) = shmlink_tests::recv_framed(&mut stream) {
+        if shmlink_tests::send_framed(&stream, &body).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn serve_runs_the_callback_for_every_stream_of_every_client_until_closed() {
+    let path = socket_path(&unique("serve"));
+    let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
+    let server = {
+        let listener = Arc::clone(&listener);
+        std::thread::spawn(move || listener.serve(echo_stream))
+    };
+    std::thread::scope(|scope| {
+        for c in 0..3 {
+            let path = &path;
+            scope.spawn(move || {
+                let session = Session::connect(path, Config::default()).unwrap();
+                for k in 0..4 {
+                    let mut stream = session.open_stream().unwrap();
+                    check_echoes(&mut stream, &[1, 100, 10_000, 200_000], c * 10 + k).unwrap();
+                }
+            });
+        }
+    });
+    listener.close();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn tokio_serve_runs_the_callback_for_every_stream() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = socket_path(&unique("serve-tokio"));
+    let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
+    let server = {
+        let listener = Arc::clone(&listener);
+        rt.spawn(async move {
+            shmlink::tokio::serve(&listener, |mut stream| async move {
+                while let Ok(Some(body)) = shmlink_tests::framed::recv(&mut stream).await {
+                    if shmlink_tests::framed::send(&stream, &body).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await
+        })
+    };
+    let session = Session::connect(&path, Config::default()).unwrap();
+    for k in 0..4 {
+        let mut stream = session.open_stream().unwrap();
+        check_echoes(&mut stream, &[1, 100, 10_000, 200_000], k).unwrap();
+    }
+    drop(session);
+    listener.close();
+    rt.block_on(server).unwrap().unwrap();
+}
