@@ -97,6 +97,10 @@ pub enum Error {
         /// The configured limit.
         max: u32,
     },
+    /// A [`SessionManager`](crate::SessionManager) has no live session to hand out a stream
+    /// from (each is being rebuilt after its peer went away); says why the last rebuild failed.
+    #[error("no session available: {0}")]
+    Unavailable(String),
     /// An I/O error from `Read`/`Write` that was not one of ours.
     #[error("i/o: {0}")]
     Io(std::io::Error),
@@ -134,7 +138,7 @@ impl From<Error> for std::io::Error {
             Error::Io(io) => return std::io::Error::new(io.kind(), e),
             Error::Timeout | Error::HandshakeTimeout(_) => K::TimedOut,
             Error::StreamClosed | Error::PeerClosed => K::BrokenPipe,
-            Error::ClosedLocally => K::NotConnected,
+            Error::ClosedLocally | Error::Unavailable(_) => K::NotConnected,
             Error::ConnectionLost(_) => K::ConnectionAborted,
             Error::StreamEnded => K::UnexpectedEof,
             Error::ProtocolViolation(_) | Error::Handshake(_) => K::InvalidData,

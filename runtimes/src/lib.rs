@@ -205,6 +205,7 @@ mod config;
 mod driver;
 mod error;
 mod listener;
+mod manager;
 mod rt;
 mod session;
 #[allow(unsafe_code)]
@@ -270,6 +271,7 @@ pub use async_stream::{AsyncSession, AsyncStream, ReadHalf, WriteHalf};
 pub use config::{Config, Exhaustion, MemMode, SyncMode};
 pub use error::Error;
 pub use listener::{HandshakeFailure, Listener};
+pub use manager::{ManagerConfig, PooledStream, SessionManager};
 pub use session::Session;
 pub use shmlink_core::buffer::SizeClass;
 pub use shmlink_core::session::Metrics;

@@ -828,6 +828,18 @@ impl Stream {
         self.link.is_fallback()
     }
 
+    /// Whether the stream cannot be reused: closed here, closed by the peer, or its session
+    /// is over.
+    pub(crate) fn is_ended(&self) -> bool {
+        let recv = lock(&self.link.shared.recv);
+        recv.local_closed || recv.peer_closed || recv.session_closed.is_some()
+    }
+
+    /// The session this stream belongs to.
+    pub(crate) fn session_inner(&self) -> &Arc<Inner> {
+        &self.link.inner
+    }
+
     /// Reserves `n` bytes to write into directly. In shared memory when possible (one slice
     /// if `n` fits the largest slice size, else a chain), on the heap when shared memory is
     /// exhausted under the Fallback policy or the stream is in fallback;
