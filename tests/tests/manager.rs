@@ -73,7 +73,7 @@ fn a_stream_with_unread_data_is_closed_not_pooled_and_old_idle_streams_expire() 
         },
     )
     .unwrap();
-    let mut s = m.get_stream().unwrap();
+    let s = m.get_stream().unwrap();
     shmlink_tests::send_framed(&s, b"echo me").unwrap();
     // Wait until the echo is in, then return the stream without reading it.
     let deadline = Instant::now() + Duration::from_secs(5);
