@@ -19,6 +19,11 @@
 //! - `smol` (feature): [`smol::connect`] / [`smol::accept`], through `async-io`, which any
 //!   executor can drive (smol, async-executor, `futures`' `block_on`, a hand-written one).
 //!
+//! Around sessions: [`Listener`] (handshakes off the accept path, `serve` for a callback per
+//! stream, `close`), [`SessionManager`] (a client's pool of sessions and streams, rebuilt
+//! after a peer goes away), and graceful [`Session::close`] (the socket closes only once the
+//! peer took what was queued for it).
+//!
 //! A blocking echo, client and server in one process:
 //!
 //! ```

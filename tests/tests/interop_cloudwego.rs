@@ -449,3 +449,56 @@ fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
     our_async_client_their_server(Ours::Smol, MemMode::Memfd);
     our_async_client_their_server(Ours::Smol, MemMode::File);
 }
+
+/// Issue 9: our SessionManager (2 sessions, pooled streams) against their server.
+#[test]
+fn our_session_manager_echoes_through_their_server() {
+    let sock = socket_path("interop-mgr");
+    let rt = runtime();
+    let mut listener = rt
+        .block_on(cloudwego_shmipc::Listener::new(
+            DefaultUnixListen,
+            SocketAddr::from_pathname(&sock).unwrap(),
+            cloudwego_shmipc::config::Config::default(),
+        ))
+        .unwrap();
+    rt.spawn(async move {
+        while let Ok(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = StreamExt::new(stream);
+                loop {
+                    let mut len = [0u8; 4];
+                    if stream.read_exact(&mut len).await.is_err() {
+                        break;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if stream.read_exact(&mut body).await.is_err()
+                        || stream.write_all(&len).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                        || stream.flush().await.is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = stream.inner_mut().close().await;
+            });
+        }
+    });
+    let manager = shmlink::SessionManager::new(
+        &sock,
+        our_config(MemMode::Memfd),
+        shmlink::ManagerConfig {
+            sessions: 2,
+            ..shmlink::ManagerConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(manager.live_sessions(), 2);
+    for k in 0..6 {
+        let mut stream = manager.get_stream().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20)));
+        check_echoes(&mut stream, &SIZES[..4], k).unwrap();
+    }
+    manager.close();
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
