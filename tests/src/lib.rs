@@ -158,3 +158,24 @@ pub mod framed {
             .ok_or(Error::StreamEnded)
     }
 }
+
+/// Waits (at most `limit`) for a peer process to exit successfully; panics with its stderr
+/// if it failed, and kills it if it overstays.
+pub fn wait_success(mut child: std::process::Child, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            assert!(status.success(), "peer failed ({status}): {err}");
+            return;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("peer did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

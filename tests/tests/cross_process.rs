@@ -2,33 +2,15 @@
 //! `shmlink-peer` helper binary on the other, in memfd and /dev/shm modes.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shmlink::{Config, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session, leftover_files, socket_path, unique};
+use shmlink_tests::{
+    check_echoes, echo_session, leftover_files, socket_path, unique, wait_success,
+};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shmlink-peer");
 const SIZES: &str = "1,100,8172,8173,131052,200000,1048576,4194304";
-
-fn wait_success(mut child: Child, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            assert!(status.success(), "peer failed ({status}): {err}");
-            return;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("peer did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// This process serves; a child process is the client.
 fn serve_child_client(mode: &str, extra: &[&str], sessions: usize) {

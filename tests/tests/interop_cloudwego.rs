@@ -350,14 +350,12 @@ fn their_client_our_async_server(ours: Ours, mode: MemMapType) {
     );
 }
 
-/// Our async client against their server.
-fn our_async_client_their_server(ours: Ours, mode: MemMode) {
-    let sock = socket_path("interop-async-cli");
-    let rt = runtime();
+/// Their server (Listener + an echo task per stream, framed as ours) on `rt`, at `sock`.
+fn their_echo_server(rt: &tokio::runtime::Runtime, sock: &std::path::Path) {
     let mut listener = rt
         .block_on(cloudwego_shmipc::Listener::new(
             DefaultUnixListen,
-            SocketAddr::from_pathname(&sock).unwrap(),
+            SocketAddr::from_pathname(sock).unwrap(),
             cloudwego_shmipc::config::Config::default(),
         ))
         .unwrap();
@@ -379,10 +377,18 @@ fn our_async_client_their_server(ours: Ours, mode: MemMode) {
                         break;
                     }
                 }
+                // Go semantics: closing the stream recycles what it still holds.
                 let _ = stream.inner_mut().close().await;
             });
         }
     });
+}
+
+/// Our async client against their server.
+fn our_async_client_their_server(ours: Ours, mode: MemMode) {
+    let sock = socket_path("interop-async-cli");
+    let rt = runtime();
+    their_echo_server(&rt, &sock);
     let config = our_config(mode);
     let prefix = config.path_prefix.clone();
     let client = on_our_runtime(ours, async move {
@@ -455,35 +461,7 @@ fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
 fn our_session_manager_echoes_through_their_server() {
     let sock = socket_path("interop-mgr");
     let rt = runtime();
-    let mut listener = rt
-        .block_on(cloudwego_shmipc::Listener::new(
-            DefaultUnixListen,
-            SocketAddr::from_pathname(&sock).unwrap(),
-            cloudwego_shmipc::config::Config::default(),
-        ))
-        .unwrap();
-    rt.spawn(async move {
-        while let Ok(stream) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut stream = StreamExt::new(stream);
-                loop {
-                    let mut len = [0u8; 4];
-                    if stream.read_exact(&mut len).await.is_err() {
-                        break;
-                    }
-                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-                    if stream.read_exact(&mut body).await.is_err()
-                        || stream.write_all(&len).await.is_err()
-                        || stream.write_all(&body).await.is_err()
-                        || stream.flush().await.is_err()
-                    {
-                        break;
-                    }
-                }
-                let _ = stream.inner_mut().close().await;
-            });
-        }
-    });
+    their_echo_server(&rt, &sock);
     let manager = shmlink::SessionManager::new(
         &sock,
         our_config(MemMode::Memfd),

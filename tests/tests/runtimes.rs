@@ -8,34 +8,16 @@
 //! in order), and the peer's death under a pending read.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Listener, MemMode, Session};
-use shmlink_tests::{check_echoes, echo_session, leftover_files, socket_path, unique};
+use shmlink_tests::{
+    check_echoes, echo_session, leftover_files, socket_path, unique, wait_success,
+};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shmlink-rt-peer");
 const SIZES: &str = "1,100,8172,8173,131052,200000,1048576,4194304";
-
-fn wait_success(mut child: Child, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            assert!(status.success(), "peer failed ({status}): {err}");
-            return;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("peer did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// This process serves (blocking, every session echoed); the peer runs `rt` as the client.
 fn client_against_echo(rt: &str, extra: &[&str], config: Config) {
