@@ -444,7 +444,7 @@ impl Client for AsyncShmlinkClient {
     fn wakeups_sent(&self) -> Option<u64> {
         self.session
             .as_ref()
-            .map(|s| s.metrics().send_sync_event_count)
+            .map(|s| s.metrics().performance.send_sync_event_count)
     }
 }
 
@@ -529,7 +529,7 @@ impl Client for ShmlinkClient {
     }
 
     fn wakeups_sent(&self) -> Option<u64> {
-        Some(self.session.metrics().send_sync_event_count)
+        Some(self.session.metrics().performance.send_sync_event_count)
     }
 }
 

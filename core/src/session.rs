@@ -34,9 +34,9 @@ use crate::buffer::{BufferError, BufferManager, Segment};
 use crate::frame::{Frame, Message, MessageType};
 use crate::queue::{Element, STATUS_CLOSED, STATUS_OPENED, Side};
 
-/// Go's counters (PROTOCOL.md 8), with Go's names in snake case.
+/// Go's `PerformanceMetrics` (PROTOCOL.md 8.1), with Go's names in snake case.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Metrics {
+pub struct PerformanceMetrics {
     /// Polling frames received.
     pub receive_sync_event_count: u64,
     /// Polling frames sent (successful 0->1 flag CASes).
@@ -51,6 +51,11 @@ pub struct Metrics {
     /// The receive queue's tail: elements ever enqueued by the peer (the state machine
     /// counts the elements it was fed).
     pub receive_queue_count: u64,
+}
+
+/// Go's `StabilityMetrics` (PROTOCOL.md 8.2), with Go's names in snake case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StabilityMetrics {
     /// Writes that could not get shared memory and fell back.
     pub alloc_shm_error_count: u64,
     /// Fallback frames sent.
@@ -67,6 +72,53 @@ pub struct Metrics {
     pub hot_restart_success_count: u64,
     /// Hot restarts failed (kept for Go's metric set).
     pub hot_restart_error_count: u64,
+}
+
+/// Go's `ShareMemoryMetrics` (PROTOCOL.md 8.3): the buffer region's size and the bytes of
+/// it in use, summed over the size classes. The state machine does not see the region; a
+/// runtime fills these in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShareMemoryMetrics {
+    /// Every slice of every size class, in bytes.
+    pub capacity_of_share_memory_in_bytes: u64,
+    /// Slices taken out of their free lists, in bytes (0 when every slice is free).
+    pub all_in_used_share_memory_in_bytes: u64,
+}
+
+/// Go's three metric sets for one session (`Session.GetMetrics()`, PROTOCOL.md 8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Throughput counters.
+    pub performance: PerformanceMetrics,
+    /// Error and fallback counters.
+    pub stability: StabilityMetrics,
+    /// Shared-memory usage.
+    pub share_memory: ShareMemoryMetrics,
+}
+
+impl Metrics {
+    /// Adds `other` field by field (a manager's total over its sessions).
+    pub fn add(&mut self, other: &Metrics) {
+        let (p, q) = (&mut self.performance, &other.performance);
+        p.receive_sync_event_count += q.receive_sync_event_count;
+        p.send_sync_event_count += q.send_sync_event_count;
+        p.out_flow_bytes += q.out_flow_bytes;
+        p.in_flow_bytes += q.in_flow_bytes;
+        p.send_queue_count += q.send_queue_count;
+        p.receive_queue_count += q.receive_queue_count;
+        let (s, t) = (&mut self.stability, &other.stability);
+        s.alloc_shm_error_count += t.alloc_shm_error_count;
+        s.fallback_write_count += t.fallback_write_count;
+        s.fallback_read_count += t.fallback_read_count;
+        s.event_conn_error_count += t.event_conn_error_count;
+        s.queue_full_error_count += t.queue_full_error_count;
+        s.active_stream_count += t.active_stream_count;
+        s.hot_restart_success_count += t.hot_restart_success_count;
+        s.hot_restart_error_count += t.hot_restart_error_count;
+        let (m, n) = (&mut self.share_memory, &other.share_memory);
+        m.capacity_of_share_memory_in_bytes += n.capacity_of_share_memory_in_bytes;
+        m.all_in_used_share_memory_in_bytes += n.all_in_used_share_memory_in_bytes;
+    }
 }
 
 /// A stream's state (Go's values: 0 opened, 1 closed, 2 half-closed).
@@ -254,10 +306,9 @@ impl Session {
 
     /// The counters, with `active_stream_count` filled in.
     pub fn metrics(&self) -> Metrics {
-        Metrics {
-            active_stream_count: self.streams.len() as u64,
-            ..self.metrics
-        }
+        let mut m = self.metrics;
+        m.stability.active_stream_count = self.streams.len() as u64;
+        m
     }
 
     /// Mutable counters, for what the caller observes itself (queue counts, errors).
@@ -322,13 +373,13 @@ impl Session {
 
     /// Records `bytes` flushed through the queue.
     pub fn sent_queue(&mut self, bytes: u64) {
-        self.metrics.out_flow_bytes += bytes;
-        self.metrics.send_queue_count += 1;
+        self.metrics.performance.out_flow_bytes += bytes;
+        self.metrics.performance.send_queue_count += 1;
     }
 
     /// Records a Polling frame sent.
     pub fn sent_polling(&mut self) {
-        self.metrics.send_sync_event_count += 1;
+        self.metrics.performance.send_sync_event_count += 1;
     }
 
     /// Records a fallback frame of `bytes` on `id`: the stream stays on the socket from now on
@@ -337,8 +388,8 @@ impl Session {
         if let Some(e) = self.streams.get_mut(&id) {
             e.fallback = true;
         }
-        self.metrics.out_flow_bytes += bytes;
-        self.metrics.fallback_write_count += 1;
+        self.metrics.performance.out_flow_bytes += bytes;
+        self.metrics.stability.fallback_write_count += 1;
         self.trip_breaker(now_ms);
     }
 
@@ -373,7 +424,7 @@ impl Session {
         buffers: &BufferManager<'_>,
         deliver: &mut impl FnMut(Delivery<'f>),
     ) -> Result<(), SessionError> {
-        self.metrics.receive_queue_count += 1;
+        self.metrics.performance.receive_queue_count += 1;
         match element.state() {
             STATUS_OPENED => {
                 // One walk: validate every link and take ownership of every slice; deliver
@@ -387,7 +438,7 @@ impl Session {
                 let wanted = self.accept_data(element.stream_id, deliver);
                 for &segment in &segments {
                     if wanted && segment.len > 0 {
-                        self.metrics.in_flow_bytes += u64::from(segment.len);
+                        self.metrics.performance.in_flow_bytes += u64::from(segment.len);
                         deliver(Delivery::Shm {
                             stream_id: element.stream_id,
                             segment,
@@ -460,7 +511,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         match frame.message {
             Message::Polling => {
-                self.metrics.receive_sync_event_count += 1;
+                self.metrics.performance.receive_sync_event_count += 1;
                 Ok(())
             }
             Message::StreamClose { stream_id } => {
@@ -472,7 +523,7 @@ impl Session {
                 status,
                 data,
             } => {
-                self.metrics.fallback_read_count += 1;
+                self.metrics.stability.fallback_read_count += 1;
                 self.trip_breaker(now_ms);
                 if (status & 0xff) as u8 != STATUS_OPENED {
                     return Ok(());
@@ -483,7 +534,7 @@ impl Session {
                     if let Some(e) = self.streams.get_mut(&stream_id) {
                         e.fallback = true;
                     }
-                    self.metrics.in_flow_bytes += data.len() as u64;
+                    self.metrics.performance.in_flow_bytes += data.len() as u64;
                     deliver(Delivery::Fallback { stream_id, data });
                 }
                 Ok(())

@@ -42,7 +42,7 @@ fn client_ids_start_at_2_and_are_consecutive_server_ids_at_3() {
     );
     let mut s = Session::new(Side::Server, 3, 0);
     assert_eq!(s.open_stream(0), Ok(3));
-    assert_eq!(c.metrics().active_stream_count, 3);
+    assert_eq!(c.metrics().stability.active_stream_count, 3);
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn data_for_an_unknown_id_opens_a_stream_on_the_server_and_is_recycled_on_the_cl
     assert_eq!(got[0], "Opened(2)");
     assert!(got[1].starts_with("Shm { stream_id: 2"), "{}", got[1]);
     assert_eq!(server.stream_state(2), Some(StreamState::Opened));
-    assert_eq!(server.metrics().in_flow_bytes, 10);
+    assert_eq!(server.metrics().performance.in_flow_bytes, 10);
 
     let mut client = Session::new(Side::Client, 3, 0);
     let mut got = Vec::new();
@@ -108,7 +108,7 @@ fn fallback_is_sticky_for_the_sender_and_switches_the_receiver_too() {
     c.sent_fallback(id, 100, 1_000);
     assert_eq!(c.route(id), Ok(Route::Fallback));
     assert_eq!(c.route(other), Ok(Route::Queue));
-    assert_eq!(c.metrics().fallback_write_count, 1);
+    assert_eq!(c.metrics().stability.fallback_write_count, 1);
     // The breaker: unhealthy for 30 s after the fallback.
     assert_eq!(c.open_stream(2_000), Err(SessionError::Unhealthy));
     assert!(c.open_stream(31_000).is_ok());
@@ -137,7 +137,7 @@ fn fallback_is_sticky_for_the_sender_and_switches_the_receiver_too() {
         "the receiving stream replies over the socket too"
     );
     assert!(!s.is_healthy(10));
-    assert_eq!(s.metrics().fallback_read_count, 1);
+    assert_eq!(s.metrics().stability.fallback_read_count, 1);
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn handshake_messages_after_the_handshake_are_protocol_errors() {
     s.on_frame(&Frame::new(3, Message::Polling), 0, &mut |_| polls += 1)
         .unwrap();
     assert_eq!(polls, 0);
-    assert_eq!(s.metrics().receive_sync_event_count, 1);
+    assert_eq!(s.metrics().performance.receive_sync_event_count, 1);
     assert_eq!(MessageType::from_u8(1), Some(MessageType::Polling));
 }
 
@@ -231,5 +231,5 @@ fn open_stream_ids_are_never_reused_while_open() {
         assert!(seen.insert(id));
         opened += 1;
     }
-    assert_eq!(c.metrics().active_stream_count, opened);
+    assert_eq!(c.metrics().stability.active_stream_count, opened);
 }

@@ -53,9 +53,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let metrics = session.metrics();
     println!(
         "done: {} bytes out, {} bytes in, {} fallback writes, protocol version {}",
-        metrics.out_flow_bytes,
-        metrics.in_flow_bytes,
-        metrics.fallback_write_count,
+        metrics.performance.out_flow_bytes,
+        metrics.performance.in_flow_bytes,
+        metrics.stability.fallback_write_count,
         session.version()
     );
     Ok(())

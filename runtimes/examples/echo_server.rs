@@ -42,10 +42,10 @@ fn serve_session(session: Session) -> Result<(), shmlink::Error> {
                 let m = session.metrics();
                 eprintln!(
                     "echo_server: session closed: {reason} ({} bytes in, {} out, fallback {} read / {} written)",
-                    m.in_flow_bytes,
-                    m.out_flow_bytes,
-                    m.fallback_read_count,
-                    m.fallback_write_count
+                    m.performance.in_flow_bytes,
+                    m.performance.out_flow_bytes,
+                    m.stability.fallback_read_count,
+                    m.stability.fallback_write_count
                 );
                 break;
             }

@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let e = start.elapsed();
             println!(
                 "wake-ups sent by the client: {}",
-                session.metrics().send_sync_event_count
+                session.metrics().performance.send_sync_event_count
             );
             e
         }
@@ -102,7 +102,7 @@ async fn async_client(
     let e = start.elapsed();
     println!(
         "wake-ups sent by the client: {}",
-        session.metrics().send_sync_event_count
+        session.metrics().performance.send_sync_event_count
     );
     Ok(e)
 }

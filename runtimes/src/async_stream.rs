@@ -53,8 +53,7 @@ impl AsyncSession {
     /// # Ok(()) }
     /// ```
     pub fn open_stream(&self) -> Result<AsyncStream, Error> {
-        let shared = self.inner.open_stream()?;
-        Ok(AsyncStream::new(Link::new(Arc::clone(&self.inner), shared)))
+        AsyncStream::open(&self.inner)
     }
 
     /// Waits for the next stream the peer opens (server side), up to `timeout` if given.
@@ -162,7 +161,7 @@ impl Writer {
                             .lock_state()
                             .core
                             .metrics_mut()
-                            .queue_full_error_count += 1;
+                            .stability.queue_full_error_count += 1;
                         Error::QueueFull
                     }));
                 }
@@ -229,6 +228,12 @@ impl std::fmt::Debug for AsyncStream {
 }
 
 impl AsyncStream {
+    /// A new stream on `inner` (client side).
+    pub(crate) fn open(inner: &Arc<Inner>) -> Result<Self, Error> {
+        let shared = inner.open_stream()?;
+        Ok(Self::new(Link::new(Arc::clone(inner), shared)))
+    }
+
     fn new(link: Arc<Link>) -> Self {
         let write_timeout = link.inner.settings.write_timeout;
         Self {
@@ -245,6 +250,23 @@ impl AsyncStream {
 
     fn link(&self) -> &Arc<Link> {
         &self.writer.link
+    }
+
+    /// Whether the stream cannot be reused (closed on either side, or its session is over).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.link().is_ended()
+    }
+
+    /// The session this stream belongs to.
+    pub(crate) fn session_inner(&self) -> &Arc<Inner> {
+        &self.link().inner
+    }
+
+    /// Back to a fresh stream's settings, for a pool.
+    pub(crate) fn reset(&mut self) {
+        self.read.read_timeout = None;
+        self.poll_deadline = None;
+        self.writer.write_timeout = self.link().inner.settings.write_timeout;
     }
 
     /// The stream id (the client's first stream is 2).
@@ -788,6 +810,27 @@ macro_rules! runtime_entry {
             Ok(AsyncSession {
                 inner: hs.start($rt)?,
             })
+        }
+
+        /// A pool of sessions to the server at `path` on this runtime (Go's
+        /// `SessionManager`); see [`AsyncSessionManager`](crate::AsyncSessionManager).
+        /// Fails only if no session can be made; the others are rebuilt in the background.
+        ///
+        /// ```no_run
+        #[doc = concat!("# async fn demo() -> Result<(), shmlink::Error> {")]
+        /// use shmlink::{Config, ManagerConfig};
+        #[doc = concat!("let manager = shmlink::", $name, "::manager(\"/tmp/svc.sock\", Config::default(), ManagerConfig::default()).await?;")]
+        /// let mut stream = manager.get_stream()?;
+        /// stream.send(b"ping").await?;
+        /// # Ok(()) }
+        /// ```
+        pub async fn manager(
+            path: impl AsRef<Path>,
+            config: Config,
+            manager: crate::ManagerConfig,
+        ) -> Result<crate::AsyncSessionManager, Error> {
+            let connect = crate::manager::connector($rt)?;
+            crate::AsyncSessionManager::start(path.as_ref(), config, manager, connect).await
         }
 
         /// Waits for the next client of `listener` whose handshake finished (handshakes run on

@@ -130,6 +130,11 @@ pub struct Config {
     /// sleeps (default 50 us: above a same-host peer's turnaround for small messages, below
     /// the cost of the two wake-ups it saves).
     pub spin_window: Duration,
+    /// Receives every session's metrics each `monitor_interval` and when it closes (Go's
+    /// `Monitor`; see [`Monitor`](crate::Monitor)). Default none.
+    pub monitor: Option<std::sync::Arc<dyn crate::Monitor>>,
+    /// How often the monitor hears from each session (default 30 s, as Go).
+    pub monitor_interval: Duration,
 }
 
 impl Default for Config {
@@ -152,6 +157,8 @@ impl Default for Config {
             spin_window: Duration::from_micros(50),
             shutdown_timeout: Duration::from_secs(1),
             socket_mode: 0o600,
+            monitor: None,
+            monitor_interval: Duration::from_secs(30),
         }
     }
 }
@@ -180,6 +187,9 @@ impl Config {
         }
         if self.path_prefix.is_empty() {
             return bad("path_prefix is empty".to_owned());
+        }
+        if self.monitor.is_some() && self.monitor_interval.is_zero() {
+            return bad("monitor_interval is zero".to_owned());
         }
         if self.initialize_timeout.is_zero() {
             return bad("initialize_timeout is zero".to_owned());

@@ -76,6 +76,8 @@ pub(crate) struct Settings {
     /// Whether this process may run on more than one CPU: spinning against a peer that
     /// needs our only CPU would starve it.
     pub(crate) can_spin: bool,
+    /// Who receives the metrics, and how often.
+    pub(crate) monitor: Option<(Arc<dyn crate::Monitor>, Duration)>,
 }
 
 pub(crate) struct State {
@@ -196,6 +198,8 @@ impl std::fmt::Debug for WaitSlot {
 }
 
 pub(crate) struct Inner {
+    /// Unique in this process: the `session` field of every log event about it.
+    pub(crate) id: u64,
     pub(crate) shm: Shm,
     state: Mutex<State>,
     machine: Mutex<Machine>,
@@ -225,7 +229,10 @@ impl Inner {
         let waiters = Arc::new(Waiters {
             list: Mutex::new(Vec::new()),
         });
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            // SYNC: Relaxed; only uniqueness matters.
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shm,
             version: core.version(),
             state: Mutex::new(State {
@@ -298,11 +305,14 @@ impl Inner {
     pub(crate) fn metrics(&self) -> Metrics {
         let mut m = lock(&self.state).core.metrics();
         // SYNC: Relaxed; counters, read whenever.
-        m.out_flow_bytes += self.counters.out_flow_bytes.load(Ordering::Relaxed);
-        m.send_sync_event_count += self.counters.send_sync_event_count.load(Ordering::Relaxed);
+        m.performance.out_flow_bytes += self.counters.out_flow_bytes.load(Ordering::Relaxed);
+        m.performance.send_sync_event_count += self.counters.send_sync_event_count.load(Ordering::Relaxed);
         // Go reports the queues' tails (every element ever enqueued, closes included).
-        m.send_queue_count = self.shm.send.queue().pushed_total().max(0) as u64;
-        m.receive_queue_count = lock(&self.shm.recv).queue().pushed_total().max(0) as u64;
+        m.performance.send_queue_count = self.shm.send.queue().pushed_total().max(0) as u64;
+        m.performance.receive_queue_count = lock(&self.shm.recv).queue().pushed_total().max(0) as u64;
+        let b = &self.shm.buffers;
+        m.share_memory.capacity_of_share_memory_in_bytes = u64::from(b.capacity_bytes());
+        m.share_memory.all_in_used_share_memory_in_bytes = u64::from(b.in_use_bytes());
         m
     }
 
@@ -585,7 +595,7 @@ impl Inner {
             .and_then(|()| if socket { self.pump_socket(m) } else { Ok(()) });
         if let Err(reason) = &result {
             if !matches!(reason, CloseReason::Peer) {
-                lock(&self.state).core.metrics_mut().event_conn_error_count += 1;
+                lock(&self.state).core.metrics_mut().stability.event_conn_error_count += 1;
             }
         }
         result
@@ -699,6 +709,7 @@ impl Inner {
                 let shared = Arc::new(StreamShared::new(id));
                 streams.insert(id, Arc::clone(&shared));
                 accept.push_back(shared);
+                tracing::debug!(target: "shmlink::stream", session = self.id, stream = id, "stream opened by the peer");
                 return true;
             }
             Delivery::Shm { stream_id, segment } => {
@@ -719,6 +730,7 @@ impl Inner {
             }
             Delivery::Closed(id) => {
                 if let Some(s) = streams.get(&id) {
+                    tracing::debug!(target: "shmlink::stream", session = self.id, stream = id, "stream closed by the peer");
                     s.peer_closed();
                 }
             }
@@ -746,6 +758,7 @@ impl Inner {
         let id = state.core.open_stream(now).map_err(Error::from)?;
         let shared = Arc::new(StreamShared::new(id));
         state.streams.insert(id, Arc::clone(&shared));
+        tracing::debug!(target: "shmlink::stream", session = self.id, stream = id, "stream opened");
         Ok(shared)
     }
 
@@ -780,6 +793,7 @@ impl Inner {
             if state.close_reason.is_some() {
                 return;
             }
+            tracing::debug!(target: "shmlink::stream", session = self.id, stream = id, "stream closed");
             state.core.close_stream(id)
         };
         if let CloseAction::SendClose(element) = action {
@@ -839,7 +853,7 @@ impl Inner {
                         None => attempt <= QUEUE_FULL_RETRIES,
                     };
                     if !more {
-                        lock(&self.state).core.metrics_mut().queue_full_error_count += 1;
+                        lock(&self.state).core.metrics_mut().stability.queue_full_error_count += 1;
                         return Err(if deadline.is_some() {
                             Error::Timeout
                         } else {
@@ -1143,6 +1157,7 @@ impl Inner {
     }
 
     /// Async twin of the wait in [`close_gracefully`](Self::close_gracefully).
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
     pub(crate) async fn shutdown_async(&self) {
         if self.is_closed() {
             return;
@@ -1200,5 +1215,26 @@ impl Inner {
         }
         self.waiters.wake_all();
         self.conn.shutdown();
+        match &reason {
+            CloseReason::Local | CloseReason::Peer => {
+                tracing::info!(target: "shmlink::session", session = self.id, reason = %reason.error(), "session closed");
+            }
+            _ => {
+                tracing::warn!(target: "shmlink::session", session = self.id, reason = %reason.error(), "session closed");
+            }
+        }
+        if let Some((monitor, _)) = &self.settings.monitor {
+            crate::monitor::emit(&**monitor, self, true);
+        }
+    }
+
+    /// Whether the circuit breaker is closed (no fallback within `circuit_breaker`).
+    pub(crate) fn is_healthy(&self) -> bool {
+        lock(&self.state).core.is_healthy(self.now_ms())
+    }
+
+    /// Whether this process is the session's client.
+    pub(crate) fn is_client(&self) -> bool {
+        lock(&self.state).core.side() == shmlink_core::queue::Side::Client
     }
 }

@@ -1,16 +1,25 @@
 //! The client's session pool (Go's `SessionManager`, PROTOCOL.md 6.6): N sessions to one
 //! server, streams handed out round-robin from per-session pools and returned on drop, dead
-//! sessions rebuilt with back-off while requests go to the live ones.
+//! sessions rebuilt with back-off on a short-lived thread while requests go to the live ones.
+//!
+//! One pool serves every runtime: [`SessionManager`] (blocking) holds [`Stream`]s,
+//! `AsyncSessionManager` (made by `shmlink::tokio::manager` or `shmlink::smol::manager`)
+//! holds `AsyncStream`s. Only making a session differs, and that runs off the caller's task.
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::{Config, Error, Metrics, Session, Stream};
+use shmlink_linux::socket::Conn;
 
-/// How a [`SessionManager`] sizes and keeps its pools (Go's defaults where it has them).
+use crate::driver::Inner;
+use crate::rt::Runtime;
+use crate::session::client_handshake;
+use crate::{Config, Error, Metrics, Stream};
+
+/// How a session manager sizes and keeps its pools (Go's defaults where it has them).
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
     /// Sessions to the server (default 1, as Go's `SessionNum`).
@@ -20,8 +29,9 @@ pub struct ManagerConfig {
     /// A pooled stream idle for longer is closed instead of reused (default 30 s, as Go's
     /// `StreamMaxIdleTime`).
     pub stream_idle_time: Duration,
-    /// The first wait before rebuilding a dead session (default 50 ms); it doubles after each
-    /// failed attempt, up to `max_rebuild_backoff`.
+    /// The wait before the second attempt to rebuild a dead session (the first is
+    /// immediate; default 50 ms); it doubles after each failed attempt, up to
+    /// `max_rebuild_backoff`.
     pub rebuild_backoff: Duration,
     /// The longest wait between rebuild attempts (default 5 s).
     pub max_rebuild_backoff: Duration,
@@ -39,27 +49,419 @@ impl Default for ManagerConfig {
     }
 }
 
+/// A stream type a pool can hold.
+pub(crate) trait Pooled: Sized + Send + 'static {
+    fn open(inner: &Arc<Inner>) -> Result<Self, Error>;
+    /// Whether it can serve another request: nothing unread, not in fallback, not ended.
+    fn reusable(&self) -> bool;
+    /// Deadlines back to the session's defaults.
+    fn reset(&mut self);
+    fn session(&self) -> &Arc<Inner>;
+    fn close(&mut self);
+}
+
+impl Pooled for Stream {
+    fn open(inner: &Arc<Inner>) -> Result<Self, Error> {
+        Ok(Stream::new(Arc::clone(inner), inner.open_stream()?))
+    }
+
+    fn reusable(&self) -> bool {
+        self.available() == 0 && !self.is_fallback() && !self.is_ended()
+    }
+
+    fn reset(&mut self) {
+        self.set_read_timeout(None);
+        self.set_write_timeout(self.session_inner().settings.write_timeout);
+    }
+
+    fn session(&self) -> &Arc<Inner> {
+        self.session_inner()
+    }
+
+    fn close(&mut self) {
+        Stream::close(self);
+    }
+}
+
+/// Makes one session (handshake and start); runs on the constructor's or a rebuild thread.
+type Connector = dyn Fn(&Path, &Config) -> Result<Arc<Inner>, Error> + Send + Sync;
+
 /// One session of the pool and its idle streams.
-struct Slot {
-    session: Option<Arc<Session>>,
-    idle: Vec<(Stream, Instant)>,
-    next_attempt: Instant,
-    backoff: Duration,
+struct Slot<S> {
+    session: Option<Arc<Inner>>,
+    idle: Vec<(S, Instant)>,
+    /// A rebuild thread owns this slot's reconnection.
+    rebuilding: bool,
     /// Why the last attempt to (re)build this session failed.
     last_error: Option<String>,
 }
 
-struct Shared {
+pub(crate) struct Pool<S> {
     path: PathBuf,
     config: Config,
     manager: ManagerConfig,
-    slots: Vec<Mutex<Slot>>,
+    slots: Vec<Mutex<Slot<S>>>,
     next: AtomicUsize,
-    rebuilt: AtomicUsize,
+    made: AtomicUsize,
+    closed: AtomicBool,
+    connect: Box<Connector>,
 }
 
-fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a pool makes sessions for `runtime`. Tokio's needs the runtime's handle, taken here
+/// (on a task of that runtime), since rebuilds run on threads of their own.
+pub(crate) fn connector(runtime: Runtime) -> Result<Box<Connector>, Error> {
+    #[cfg(feature = "tokio")]
+    if runtime == Runtime::Tokio {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| Error::Config(format!("the tokio manager needs a tokio runtime: {e}")))?;
+        return Ok(Box::new(move |path, config| {
+            let hs = client_handshake(Conn::connect_unix(path)?, config.clone())?;
+            let _entered = handle.enter();
+            hs.start(Runtime::Tokio)
+        }));
+    }
+    Ok(Box::new(move |path, config| {
+        client_handshake(Conn::connect_unix(path)?, config.clone())?.start(runtime)
+    }))
+}
+
+impl<S: Pooled> Pool<S> {
+    /// A pool with every session connected that can be (on this thread); the others are
+    /// rebuilt in the background. Fails only if none could be made.
+    pub(crate) fn start(
+        path: &Path,
+        config: Config,
+        manager: ManagerConfig,
+        connect: Box<Connector>,
+    ) -> Result<Arc<Self>, Error> {
+        config.validate()?;
+        if manager.sessions == 0 {
+            return Err(Error::Config("ManagerConfig::sessions is zero".into()));
+        }
+        let slots = (0..manager.sessions)
+            .map(|_| {
+                Mutex::new(Slot {
+                    session: None,
+                    idle: Vec::new(),
+                    rebuilding: false,
+                    last_error: None,
+                })
+            })
+            .collect();
+        let pool = Arc::new(Self {
+            path: path.to_owned(),
+            config,
+            manager,
+            slots,
+            next: AtomicUsize::new(0),
+            made: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            connect,
+        });
+        let mut first_error = None;
+        for index in 0..pool.slots.len() {
+            match (pool.connect)(&pool.path, &pool.config) {
+                Ok(inner) => pool.install(index, inner),
+                Err(e) => {
+                    let mut slot = lock(&pool.slots[index]);
+                    slot.last_error = Some(e.to_string());
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if pool.made.load(Ordering::Relaxed) == 0 => Err(e),
+            _ => {
+                for (index, slot) in pool.slots.iter().enumerate() {
+                    let mut slot = lock(slot);
+                    if slot.session.is_none() {
+                        pool.rebuild(index, &mut slot);
+                    }
+                }
+                Ok(pool)
+            }
+        }
+    }
+
+    fn install(&self, index: usize, inner: Arc<Inner>) {
+        tracing::info!(target: "shmlink::manager", path = %self.path.display(), slot = index, session = inner.id, "session ready");
+        let mut slot = lock(&self.slots[index]);
+        slot.session = Some(inner);
+        slot.last_error = None;
+        // SYNC: Relaxed; a counter.
+        self.made.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn is_closed(&self) -> bool {
+        // SYNC: Acquire; pairs with the Release store in close.
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The slot's session if it is live; a dead one is dropped (with its idle streams) and
+    /// its rebuild started.
+    fn live(self: &Arc<Self>, index: usize, slot: &mut Slot<S>) -> Option<Arc<Inner>> {
+        if let Some(s) = &slot.session {
+            s.pump_now();
+            if !s.is_closed() {
+                return Some(Arc::clone(s));
+            }
+            tracing::warn!(target: "shmlink::manager", path = %self.path.display(), slot = index, session = s.id, "session lost; rebuilding");
+            slot.last_error = s.close_error().to_string().into();
+            slot.idle.clear();
+            slot.session = None;
+        }
+        self.rebuild(index, slot);
+        None
+    }
+
+    /// Starts a thread that reconnects `index` with back-off, unless one runs.
+    fn rebuild(self: &Arc<Self>, index: usize, slot: &mut Slot<S>) {
+        if slot.rebuilding || self.is_closed() {
+            return;
+        }
+        slot.rebuilding = true;
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("shmlink-rebuild".into())
+            .spawn(move || Self::rebuild_loop(&weak, index));
+        if let Err(e) = spawned {
+            slot.rebuilding = false;
+            slot.last_error = Some(format!("cannot start a rebuild thread: {e}"));
+        }
+    }
+
+    fn rebuild_loop(weak: &Weak<Self>, index: usize) {
+        let mut backoff = None::<Duration>;
+        loop {
+            if let Some(wait) = backoff {
+                // Sleeps in short steps so that a dropped or closed manager ends the thread.
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    match weak.upgrade() {
+                        Some(pool) if !pool.is_closed() => {}
+                        _ => return,
+                    }
+                    std::thread::sleep(wait.min(Duration::from_millis(20)));
+                }
+            }
+            let Some(pool) = weak.upgrade() else { return };
+            if pool.is_closed() {
+                lock(&pool.slots[index]).rebuilding = false;
+                return;
+            }
+            match (pool.connect)(&pool.path, &pool.config) {
+                Ok(inner) => {
+                    if pool.is_closed() {
+                        inner.close_gracefully();
+                    } else {
+                        pool.install(index, inner);
+                    }
+                    lock(&pool.slots[index]).rebuilding = false;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "shmlink::manager", path = %pool.path.display(), slot = index, error = %e, "rebuild failed");
+                    lock(&pool.slots[index]).last_error = Some(e.to_string());
+                    let m = &pool.manager;
+                    backoff = Some(match backoff {
+                        None => m.rebuild_backoff,
+                        Some(b) => (b * 2).min(m.max_rebuild_backoff),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A stream from the next session (round-robin), idle or new; sessions that are dead or
+    /// unhealthy are skipped while others can serve.
+    pub(crate) fn get(self: &Arc<Self>) -> Result<(usize, S), Error> {
+        if self.is_closed() {
+            return Err(Error::ClosedLocally);
+        }
+        let n = self.slots.len();
+        // SYNC: Relaxed; only spreads the load.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        // Two rounds: the first skips unhealthy sessions, the second takes them anyway.
+        for round in 0..2 {
+            for k in 0..n {
+                let index = (start + k) % n;
+                let mut slot = lock(&self.slots[index]);
+                let Some(session) = self.live(index, &mut slot) else {
+                    last = Some(Error::Unavailable(format!(
+                        "session {index} is being rebuilt (last error: {})",
+                        slot.last_error.as_deref().unwrap_or("none")
+                    )));
+                    continue;
+                };
+                if round == 0 && !session.is_healthy() {
+                    last = Some(Error::Unhealthy);
+                    continue;
+                }
+                let idle_time = self.manager.stream_idle_time;
+                while let Some((stream, since)) = slot.idle.pop() {
+                    if since.elapsed() <= idle_time && stream.reusable() {
+                        return Ok((index, stream));
+                    }
+                    // Too old, or the peer closed it meanwhile: dropped (closed).
+                }
+                drop(slot);
+                match S::open(&session) {
+                    Ok(stream) => return Ok((index, stream)),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::ClosedLocally))
+    }
+
+    /// Takes a stream back: into its session's pool, or closed.
+    fn put(&self, index: usize, mut stream: S) {
+        if !stream.reusable() || self.is_closed() {
+            stream.close();
+            return;
+        }
+        stream.reset();
+        let mut slot = lock(&self.slots[index]);
+        let same_session = slot
+            .session
+            .as_ref()
+            .is_some_and(|s| !s.is_closed() && Arc::ptr_eq(s, stream.session()));
+        if same_session && slot.idle.len() < self.manager.max_idle_streams {
+            slot.idle.push((stream, Instant::now()));
+        } else {
+            drop(slot);
+            stream.close();
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        let mut total = Metrics::default();
+        for slot in &self.slots {
+            if let Some(s) = &lock(slot).session {
+                total.add(&s.metrics());
+            }
+        }
+        total
+    }
+
+    fn live_sessions(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                lock(s).session.as_ref().is_some_and(|s| {
+                    s.pump_now();
+                    !s.is_closed()
+                })
+            })
+            .count()
+    }
+
+    fn sessions_made(&self) -> usize {
+        // SYNC: Relaxed; a counter.
+        self.made.load(Ordering::Relaxed)
+    }
+
+    /// Stops handing out streams and rebuilding; closes every session gracefully.
+    fn close(&self) {
+        // SYNC: Release; pairs with the Acquire load in is_closed.
+        self.closed.store(true, Ordering::Release);
+        for slot in &self.slots {
+            let (session, idle) = {
+                let mut slot = lock(slot);
+                (slot.session.take(), std::mem::take(&mut slot.idle))
+            };
+            drop(idle); // closes them, queued before the session's close
+            if let Some(s) = session {
+                s.close_gracefully();
+            }
+        }
+    }
+}
+
+impl<S> Drop for Pool<S> {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            let slot = slot.get_mut().unwrap_or_else(|e| e.into_inner());
+            slot.idle.clear();
+            if let Some(s) = slot.session.take() {
+                s.close_gracefully();
+            }
+        }
+    }
+}
+
+/// A borrowed stream and where it goes back to.
+struct Lease<S: Pooled> {
+    stream: Option<S>,
+    index: usize,
+    pool: Arc<Pool<S>>,
+}
+
+impl<S: Pooled> Lease<S> {
+    fn get(&self) -> &S {
+        self.stream.as_ref().expect("present until drop")
+    }
+
+    fn get_mut(&mut self) -> &mut S {
+        self.stream.as_mut().expect("present until drop")
+    }
+
+    fn close(mut self) {
+        if let Some(mut s) = self.stream.take() {
+            s.close();
+        }
+    }
+}
+
+impl<S: Pooled> Drop for Lease<S> {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.pool.put(self.index, stream);
+        }
+    }
+}
+
+/// The methods both managers share.
+macro_rules! manager_common {
+    ($ty:ty) => {
+        impl $ty {
+            /// Go's metrics summed over the live sessions; readable at any time.
+            pub fn metrics(&self) -> Metrics {
+                self.pool.metrics()
+            }
+
+            /// How many sessions are live now.
+            pub fn live_sessions(&self) -> usize {
+                self.pool.live_sessions()
+            }
+
+            /// Sessions made so far, first ones and rebuilds.
+            pub fn sessions_made(&self) -> usize {
+                self.pool.sessions_made()
+            }
+
+            /// Stops handing out streams (they fail with [`Error::ClosedLocally`]), stops
+            /// rebuilding, and closes every session gracefully: the server takes what was
+            /// queued for it before the socket closes. Streams still borrowed see the end.
+            pub fn close(&self) {
+                self.pool.close();
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("path", &self.pool.path)
+                    .field("sessions", &self.pool.slots.len())
+                    .finish()
+            }
+        }
+    };
 }
 
 /// A pool of sessions to one server (blocking API).
@@ -82,66 +484,22 @@ fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 /// ```
 #[derive(Clone)]
 pub struct SessionManager {
-    shared: Arc<Shared>,
+    pool: Arc<Pool<Stream>>,
 }
 
-impl std::fmt::Debug for SessionManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionManager")
-            .field("path", &self.shared.path)
-            .field("sessions", &self.shared.slots.len())
-            .finish()
-    }
-}
+manager_common!(SessionManager);
 
 impl SessionManager {
     /// Connects `manager.sessions` sessions to the server at `path`. Fails only if none can
-    /// be made; the others are rebuilt in the background of later requests.
+    /// be made; the others are rebuilt in the background.
     pub fn new(
         path: impl AsRef<Path>,
         config: Config,
         manager: ManagerConfig,
     ) -> Result<Self, Error> {
-        config.validate()?;
-        if manager.sessions == 0 {
-            return Err(Error::Config("ManagerConfig::sessions is zero".into()));
-        }
-        let now = Instant::now();
-        let slots = (0..manager.sessions)
-            .map(|_| {
-                Mutex::new(Slot {
-                    session: None,
-                    idle: Vec::new(),
-                    next_attempt: now,
-                    backoff: manager.rebuild_backoff,
-                    last_error: None,
-                })
-            })
-            .collect();
-        let this = Self {
-            shared: Arc::new(Shared {
-                path: path.as_ref().to_owned(),
-                config,
-                manager,
-                slots,
-                next: AtomicUsize::new(0),
-                rebuilt: AtomicUsize::new(0),
-            }),
-        };
-        let mut first_error = None;
-        let mut any = false;
-        for slot in &this.shared.slots {
-            match this.ensure(&mut lock(slot)) {
-                Ok(_) => any = true,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match (any, first_error) {
-            (false, Some(e)) => Err(e),
-            _ => Ok(this),
-        }
+        Ok(Self {
+            pool: Pool::start(path.as_ref(), config, manager, connector(Runtime::Blocking)?)?,
+        })
     }
 
     /// The process-wide manager (Go's `GlobalSessionManager`), made on first use from
@@ -167,148 +525,28 @@ impl SessionManager {
         Ok(GLOBAL.get_or_init(|| made))
     }
 
-    /// A live session for `slot`, rebuilding a dead one when its back-off allows.
-    fn ensure(&self, slot: &mut Slot) -> Result<Arc<Session>, Error> {
-        if let Some(s) = &slot.session {
-            if !s.is_closed() {
-                return Ok(Arc::clone(s));
-            }
-            // Dead: its idle streams go with it.
-            slot.idle.clear();
-            slot.session = None;
-            tracing::warn!(target: "shmlink::manager", path = %self.shared.path.display(), "session lost; rebuilding");
-        }
-        let now = Instant::now();
-        if now < slot.next_attempt {
-            return Err(Error::Unavailable(format!(
-                "session being rebuilt (next attempt in {:?}; last error: {})",
-                slot.next_attempt - now,
-                slot.last_error.as_deref().unwrap_or("none")
-            )));
-        }
-        match Session::connect(&self.shared.path, self.shared.config.clone()) {
-            Ok(session) => {
-                let session = Arc::new(session);
-                slot.session = Some(Arc::clone(&session));
-                slot.backoff = self.shared.manager.rebuild_backoff;
-                slot.last_error = None;
-                // SYNC: Relaxed; a counter.
-                self.shared.rebuilt.fetch_add(1, Ordering::Relaxed);
-                Ok(session)
-            }
-            Err(e) => {
-                slot.next_attempt = now + slot.backoff;
-                slot.backoff = (slot.backoff * 2).min(self.shared.manager.max_rebuild_backoff);
-                slot.last_error = Some(e.to_string());
-                Err(e)
-            }
-        }
-    }
-
     /// A stream from the next session (round-robin): an idle one from its pool if there is
-    /// one young enough, else a new one. Sessions that are dead (being rebuilt) or unhealthy
-    /// (circuit breaker open after a fallback) are skipped while others can serve; if none
-    /// can, the error of the last one tried.
+    /// one young enough, else a new one. Never waits for a connection: sessions that are dead
+    /// (being rebuilt) or unhealthy (circuit breaker open after a fallback) are skipped while
+    /// others can serve; if none can, [`Error::Unavailable`] says why.
     pub fn get_stream(&self) -> Result<PooledStream, Error> {
-        let n = self.shared.slots.len();
-        // SYNC: Relaxed; only spreads the load.
-        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let mut last = None;
-        // Two rounds: the first skips unhealthy sessions, the second takes them anyway.
-        for round in 0..2 {
-            for k in 0..n {
-                let index = (start + k) % n;
-                let mut slot = lock(&self.shared.slots[index]);
-                let session = match self.ensure(&mut slot) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        last = Some(e);
-                        continue;
-                    }
-                };
-                if round == 0 && !session.is_healthy() {
-                    last = Some(Error::Unhealthy);
-                    continue;
-                }
-                let idle_time = self.shared.manager.stream_idle_time;
-                while let Some((stream, since)) = slot.idle.pop() {
-                    if since.elapsed() <= idle_time {
-                        return Ok(PooledStream {
-                            stream: Some(stream),
-                            index,
-                            shared: Arc::clone(&self.shared),
-                        });
-                    }
-                    // Too old: dropped (closed).
-                }
-                drop(slot);
-                match session.open_stream() {
-                    Ok(stream) => {
-                        return Ok(PooledStream {
-                            stream: Some(stream),
-                            index,
-                            shared: Arc::clone(&self.shared),
-                        });
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-        }
-        Err(last.unwrap_or(Error::ClosedLocally))
-    }
-
-    /// Go's metrics summed over the live sessions.
-    pub fn metrics(&self) -> Metrics {
-        let mut total = Metrics::default();
-        for slot in &self.shared.slots {
-            if let Some(s) = &lock(slot).session {
-                add(&mut total, &s.metrics());
-            }
-        }
-        total
-    }
-
-    /// How many sessions are live now.
-    pub fn live_sessions(&self) -> usize {
-        self.shared
-            .slots
-            .iter()
-            .filter(|s| lock(s).session.as_ref().is_some_and(|s| !s.is_closed()))
-            .count()
-    }
-
-    /// Sessions made so far, first ones and rebuilds.
-    pub fn sessions_made(&self) -> usize {
-        // SYNC: Relaxed; a counter.
-        self.shared.rebuilt.load(Ordering::Relaxed)
-    }
-
-    /// Closes every session (gracefully) and empties the pools.
-    pub fn close(&self) {
-        for slot in &self.shared.slots {
-            let mut slot = lock(slot);
-            slot.idle.clear();
-            if let Some(s) = slot.session.take() {
-                s.close();
-            }
-        }
+        let (index, stream) = self.pool.get()?;
+        Ok(PooledStream(Lease {
+            stream: Some(stream),
+            index,
+            pool: Arc::clone(&self.pool),
+        }))
     }
 }
 
 /// A stream borrowed from a [`SessionManager`]: dereferences to [`Stream`]; on drop it goes
 /// back to its session's pool (deadlines reset), or is closed if it has unread data, is in
-/// fallback, or the pool is full.
-pub struct PooledStream {
-    stream: Option<Stream>,
-    index: usize,
-    shared: Arc<Shared>,
-}
+/// fallback, was closed by either side, or the pool is full.
+pub struct PooledStream(Lease<Stream>);
 
 impl std::fmt::Debug for PooledStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledStream")
-            .field("stream", &self.stream)
-            .finish()
+        f.debug_tuple("PooledStream").field(self.0.get()).finish()
     }
 }
 
@@ -316,22 +554,20 @@ impl Deref for PooledStream {
     type Target = Stream;
 
     fn deref(&self) -> &Stream {
-        self.stream.as_ref().expect("present until drop")
+        self.0.get()
     }
 }
 
 impl DerefMut for PooledStream {
     fn deref_mut(&mut self) -> &mut Stream {
-        self.stream.as_mut().expect("present until drop")
+        self.0.get_mut()
     }
 }
 
 impl PooledStream {
     /// Closes the stream instead of returning it to the pool.
-    pub fn close(mut self) {
-        if let Some(mut s) = self.stream.take() {
-            s.close();
-        }
+    pub fn close(self) {
+        self.0.close();
     }
 }
 
@@ -351,42 +587,196 @@ impl std::io::Write for PooledStream {
     }
 }
 
-impl Drop for PooledStream {
-    fn drop(&mut self) {
-        let Some(mut stream) = self.stream.take() else {
-            return;
-        };
-        if stream.available() > 0 || stream.is_fallback() || stream.is_ended() {
-            stream.close();
-            return;
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use async_manager::{AsyncPooledStream, AsyncSessionManager};
+
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod async_manager {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::AsyncStream;
+
+    impl Pooled for AsyncStream {
+        fn open(inner: &Arc<Inner>) -> Result<Self, Error> {
+            AsyncStream::open(inner)
         }
-        stream.set_read_timeout(None);
-        stream.set_write_timeout(self.shared.config.write_timeout);
-        let mut slot = lock(&self.shared.slots[self.index]);
-        let same_session = slot
-            .session
-            .as_ref()
-            .is_some_and(|s| !s.is_closed() && Arc::ptr_eq(&s.inner, stream.session_inner()));
-        if same_session && slot.idle.len() < self.shared.manager.max_idle_streams {
-            slot.idle.push((stream, Instant::now()));
+
+        fn reusable(&self) -> bool {
+            self.available() == 0 && !self.is_fallback() && !self.is_ended()
+        }
+
+        fn reset(&mut self) {
+            AsyncStream::reset(self);
+        }
+
+        fn session(&self) -> &Arc<Inner> {
+            self.session_inner()
+        }
+
+        fn close(&mut self) {
+            AsyncStream::close(self);
         }
     }
-}
 
-/// `total += m`, field by field.
-fn add(total: &mut Metrics, m: &Metrics) {
-    total.receive_sync_event_count += m.receive_sync_event_count;
-    total.send_sync_event_count += m.send_sync_event_count;
-    total.out_flow_bytes += m.out_flow_bytes;
-    total.in_flow_bytes += m.in_flow_bytes;
-    total.send_queue_count += m.send_queue_count;
-    total.receive_queue_count += m.receive_queue_count;
-    total.alloc_shm_error_count += m.alloc_shm_error_count;
-    total.fallback_write_count += m.fallback_write_count;
-    total.fallback_read_count += m.fallback_read_count;
-    total.event_conn_error_count += m.event_conn_error_count;
-    total.queue_full_error_count += m.queue_full_error_count;
-    total.active_stream_count += m.active_stream_count;
-    total.hot_restart_success_count += m.hot_restart_success_count;
-    total.hot_restart_error_count += m.hot_restart_error_count;
+    /// A pool of sessions to one server for tokio or smol: made by
+    /// `shmlink::tokio::manager` or `shmlink::smol::manager`; otherwise as
+    /// [`SessionManager`]. Sessions are made (and rebuilt) on short-lived threads, never on
+    /// an executor thread; [`get_stream`](Self::get_stream) never waits.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tokio")]
+    /// # async fn demo() -> Result<(), shmlink::Error> {
+    /// use shmlink::{Config, ManagerConfig};
+    ///
+    /// let manager = shmlink::tokio::manager(
+    ///     "/tmp/svc.sock",
+    ///     Config::default(),
+    ///     ManagerConfig { sessions: 4, ..ManagerConfig::default() },
+    /// )
+    /// .await?;
+    /// let mut stream = manager.get_stream()?;
+    /// stream.send(b"request").await?;
+    /// let reply = stream.read_bytes(5).await?;
+    /// drop(stream); // back to its session's pool
+    /// # Ok(()) }
+    /// ```
+    #[derive(Clone)]
+    pub struct AsyncSessionManager {
+        pub(super) pool: Arc<Pool<AsyncStream>>,
+    }
+
+    manager_common!(AsyncSessionManager);
+
+    impl AsyncSessionManager {
+        /// Connects on a short-lived thread (the handshakes block) and waits for it there.
+        pub(crate) async fn start(
+            path: &Path,
+            config: Config,
+            manager: ManagerConfig,
+            connect: Box<Connector>,
+        ) -> Result<Self, Error> {
+            let path = path.to_owned();
+            let pool = crate::rt::off_thread("shmlink-connect", move || {
+                Pool::start(&path, config, manager, connect)
+            })
+            .await
+            .map_err(Error::Io)??;
+            Ok(Self { pool })
+        }
+
+        /// A stream from the next session (round-robin), as
+        /// [`SessionManager::get_stream`]; never waits.
+        pub fn get_stream(&self) -> Result<AsyncPooledStream, Error> {
+            let (index, stream) = self.pool.get()?;
+            Ok(AsyncPooledStream(Lease {
+                stream: Some(stream),
+                index,
+                pool: Arc::clone(&self.pool),
+            }))
+        }
+    }
+
+    /// A stream borrowed from an [`AsyncSessionManager`]: dereferences to [`AsyncStream`]
+    /// and implements the same `AsyncRead`/`AsyncWrite`; on drop it goes back to its
+    /// session's pool (deadlines reset), or is closed if it has unread data, is in fallback,
+    /// was closed by either side (`poll_shutdown` closes it), or the pool is full.
+    pub struct AsyncPooledStream(Lease<AsyncStream>);
+
+    impl std::fmt::Debug for AsyncPooledStream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_tuple("AsyncPooledStream")
+                .field(self.0.get())
+                .finish()
+        }
+    }
+
+    impl Deref for AsyncPooledStream {
+        type Target = AsyncStream;
+
+        fn deref(&self) -> &AsyncStream {
+            self.0.get()
+        }
+    }
+
+    impl DerefMut for AsyncPooledStream {
+        fn deref_mut(&mut self) -> &mut AsyncStream {
+            self.0.get_mut()
+        }
+    }
+
+    impl AsyncPooledStream {
+        /// Closes the stream instead of returning it to the pool.
+        pub fn close(self) {
+            self.0.close();
+        }
+
+        fn pinned(self: Pin<&mut Self>) -> Pin<&mut AsyncStream> {
+            Pin::new(self.get_mut().0.get_mut())
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    impl tokio::io::AsyncRead for AsyncPooledStream {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.pinned().poll_read(cx, buf)
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    impl tokio::io::AsyncWrite for AsyncPooledStream {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.pinned().poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.pinned().poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.pinned().poll_shutdown(cx)
+        }
+    }
+
+    #[cfg(feature = "futures-io")]
+    impl futures_io::AsyncRead for AsyncPooledStream {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.pinned().poll_read(cx, buf)
+        }
+    }
+
+    #[cfg(feature = "futures-io")]
+    impl futures_io::AsyncWrite for AsyncPooledStream {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.pinned().poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.pinned().poll_flush(cx)
+        }
+
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.pinned().poll_close(cx)
+        }
+    }
 }

@@ -152,7 +152,7 @@ macro_rules! session_common {
             /// Whether the circuit breaker is closed (no fallback in the last
             /// `circuit_breaker`).
             pub fn is_healthy(&self) -> bool {
-                self.inner.lock_state().core.is_healthy(self.inner.now_ms())
+                self.inner.is_healthy()
             }
 
             /// Go's metrics for this session (PROTOCOL.md 8).
@@ -452,8 +452,26 @@ impl Handshaken {
             shutdown_timeout: config.shutdown_timeout,
             blocking: runtime == Runtime::Blocking,
             can_spin: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
+            monitor: config
+                .monitor
+                .clone()
+                .map(|m| (m, config.monitor_interval)),
         };
         let core = core_session::Session::new(side, version, breaker);
-        Ok(Arc::new(Inner::new(shm, conn, reactor, core, settings)))
+        let peer = conn.peer();
+        let inner = Arc::new(Inner::new(shm, conn, reactor, core, settings));
+        tracing::info!(
+            target: "shmlink::session",
+            session = inner.id,
+            %peer,
+            version,
+            client = (side == Side::Client),
+            ?runtime,
+            "session started"
+        );
+        if inner.settings.monitor.is_some() {
+            crate::monitor::watch(&inner, config.monitor_interval);
+        }
+        Ok(inner)
     }
 }

@@ -131,6 +131,13 @@ impl Link {
         self.shared.id
     }
 
+    /// Whether the stream cannot be reused: closed here, closed by the peer, or its session
+    /// is over.
+    pub(crate) fn is_ended(&self) -> bool {
+        let recv = lock(&self.shared.recv);
+        recv.local_closed || recv.peer_closed || recv.session_closed.is_some()
+    }
+
     fn is_closed(&self) -> bool {
         // SYNC: Acquire; pairs with the AcqRel swap in close.
         self.closed.load(Ordering::Acquire)
@@ -221,7 +228,7 @@ impl Link {
                         .lock_state()
                         .core
                         .metrics_mut()
-                        .alloc_shm_error_count += 1;
+                        .stability.alloc_shm_error_count += 1;
                     let exhausted = Error::SharedMemoryExhausted { requested: n };
                     match self.inner.settings.on_exhaustion {
                         Exhaustion::Fallback => return Ok(Reserved::Heap(vec![0; n])),
@@ -368,7 +375,7 @@ impl Link {
                     .lock_state()
                     .core
                     .metrics_mut()
-                    .alloc_shm_error_count += 1;
+                    .stability.alloc_shm_error_count += 1;
                 let exhausted = Error::SharedMemoryExhausted {
                     requested: data.len(),
                 };
@@ -426,7 +433,11 @@ impl Link {
 
     fn note_fallback(&self, len: usize) {
         // SYNC: Release; pairs with the Acquire loads in route and is_fallback.
-        self.shared.status.fetch_or(FALLBACK, Ordering::Release);
+        let before = self.shared.status.fetch_or(FALLBACK, Ordering::Release);
+        if before & FALLBACK == 0 {
+            // Once per stream, not per message.
+            tracing::debug!(target: "shmlink::stream", session = self.inner.id, stream = self.id(), "stream falls back to the socket (shared memory exhausted)");
+        }
         let now = self.inner.now_ms();
         self.inner
             .lock_state()
@@ -831,8 +842,7 @@ impl Stream {
     /// Whether the stream cannot be reused: closed here, closed by the peer, or its session
     /// is over.
     pub(crate) fn is_ended(&self) -> bool {
-        let recv = lock(&self.link.shared.recv);
-        recv.local_closed || recv.peer_closed || recv.session_closed.is_some()
+        self.link.is_ended()
     }
 
     /// The session this stream belongs to.

@@ -125,22 +125,22 @@ fn their_client_our_server(
 #[test]
 fn their_memfd_v3_client_echoes_chains_through_our_server() {
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &SIZES, false);
-    assert_eq!(m.fallback_read_count, 0);
-    assert!(m.receive_queue_count >= SIZES.len() as u64);
+    assert_eq!(m.stability.fallback_read_count, 0);
+    assert!(m.performance.receive_queue_count >= SIZES.len() as u64);
 }
 
 #[test]
 fn their_devshm_v2_client_echoes_chains_through_our_server() {
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeDevShmFile, &SIZES, false);
-    assert_eq!(m.fallback_read_count, 0);
+    assert_eq!(m.stability.fallback_read_count, 0);
 }
 
 #[test]
 fn their_fallback_message_reaches_our_server_and_our_reply_falls_back_too() {
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &[100, 2 << 20], true);
-    assert!(m.fallback_read_count >= 1, "{m:?}");
+    assert!(m.stability.fallback_read_count >= 1, "{m:?}");
     // Go's rule, which we follow: the receiving stream switches to fallback for its replies.
-    assert!(m.fallback_write_count >= 1, "{m:?}");
+    assert!(m.stability.fallback_write_count >= 1, "{m:?}");
 }
 
 /// Our client against their server (Listener + echo tasks).
@@ -228,15 +228,15 @@ fn our_config(mode: MemMode) -> Config {
 fn our_memfd_v3_client_echoes_chains_through_their_server() {
     let (fallback, m) = our_client_their_server(our_config(MemMode::Memfd), &SIZES);
     assert!(!fallback);
-    assert_eq!(m.fallback_write_count, 0);
-    assert!(m.in_flow_bytes > 0);
+    assert_eq!(m.stability.fallback_write_count, 0);
+    assert!(m.performance.in_flow_bytes > 0);
 }
 
 #[test]
 fn our_devshm_v2_client_echoes_chains_through_their_server() {
     let (fallback, m) = our_client_their_server(our_config(MemMode::File), &SIZES);
     assert!(!fallback);
-    assert_eq!(m.fallback_write_count, 0);
+    assert_eq!(m.stability.fallback_write_count, 0);
 }
 
 #[test]
@@ -252,9 +252,9 @@ fn our_fallback_message_reaches_their_server_and_comes_back() {
         fallback,
         "a 2 MiB write into 1 MiB of shared memory must fall back"
     );
-    assert!(m.fallback_write_count >= 1, "{m:?}");
+    assert!(m.stability.fallback_write_count >= 1, "{m:?}");
     assert!(
-        m.fallback_read_count >= 1,
+        m.stability.fallback_read_count >= 1,
         "their reply falls back too: {m:?}"
     );
 }
@@ -267,7 +267,7 @@ fn our_v3_file_mode_client_echoes_through_their_server() {
     };
     let (fallback, m) = our_client_their_server(config, &[1, 200_000]);
     assert!(!fallback);
-    assert_eq!(m.fallback_write_count, 0);
+    assert_eq!(m.stability.fallback_write_count, 0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ fn streams_come_round_robin_from_every_session_and_go_back_to_their_pool() {
     before.sort_unstable();
     assert_eq!(reused, before, "pooled streams are handed out again");
     let m2 = m.metrics();
-    assert!(m2.out_flow_bytes > 0);
+    assert!(m2.performance.out_flow_bytes > 0);
 }
 
 #[test]

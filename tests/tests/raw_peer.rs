@@ -107,7 +107,7 @@ fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_cl
         start.elapsed() >= Duration::from_millis(90),
         "Go's retry window: 10 x 10 ms"
     );
-    assert_eq!(session.metrics().queue_full_error_count, 1);
+    assert_eq!(session.metrics().stability.queue_full_error_count, 1);
     // Nothing leaked: 16 slices are in flight (the peer holds them), the refused one returned.
     assert_eq!(session.shared_memory_usage().1, 16 * 8172);
     let id = stream.id();
@@ -140,7 +140,7 @@ fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
         "{text}"
     );
     assert!(session.is_closed());
-    assert_eq!(session.metrics().event_conn_error_count, 1);
+    assert_eq!(session.metrics().stability.event_conn_error_count, 1);
 }
 
 #[test]

@@ -188,7 +188,7 @@ fn one_cpu_never_spins(rt: &str) {
     let mut stream = session.open_stream().unwrap();
     let rounds = 200;
     check_echoes(&mut stream, &vec![64; rounds], 0).unwrap();
-    let polling = session.metrics().send_sync_event_count;
+    let polling = session.metrics().performance.send_sync_event_count;
     drop(stream);
     drop(session);
     wait_success(child, Duration::from_secs(30));

@@ -214,7 +214,7 @@ fn metrics_follow_gos_definitions() {
     let session = Session::connect(&sock, fast_config()).unwrap();
     let mut stream = session.open_stream().unwrap();
     check_echoes(&mut stream, &[3, 5000, 9000, 200_000], 0).unwrap();
-    assert_eq!(session.metrics().active_stream_count, 1);
+    assert_eq!(session.metrics().stability.active_stream_count, 1);
     stream.close();
     let client = session.metrics();
     drop(session);
@@ -223,17 +223,17 @@ fn metrics_follow_gos_definitions() {
     // SendQueueCount 5, ReceiveQueueCount 4 and 214,019 bytes each way for it.
     let framed: u64 = [3u64, 5000, 9000, 200_000].iter().map(|n| n + 4).sum();
     assert_eq!(framed, 214_019);
-    assert_eq!(client.send_queue_count, 5);
-    assert_eq!(client.receive_queue_count, 4);
-    assert_eq!(client.out_flow_bytes, framed);
-    assert_eq!(client.in_flow_bytes, framed);
-    assert_eq!(server.in_flow_bytes, framed);
-    assert_eq!(server.receive_queue_count, 5);
-    assert_eq!(client.active_stream_count, 0);
-    assert!(client.send_sync_event_count >= 1 && client.send_sync_event_count <= 5);
-    assert_eq!(client.fallback_write_count + client.fallback_read_count, 0);
+    assert_eq!(client.performance.send_queue_count, 5);
+    assert_eq!(client.performance.receive_queue_count, 4);
+    assert_eq!(client.performance.out_flow_bytes, framed);
+    assert_eq!(client.performance.in_flow_bytes, framed);
+    assert_eq!(server.performance.in_flow_bytes, framed);
+    assert_eq!(server.performance.receive_queue_count, 5);
+    assert_eq!(client.stability.active_stream_count, 0);
+    assert!(client.performance.send_sync_event_count >= 1 && client.performance.send_sync_event_count <= 5);
+    assert_eq!(client.stability.fallback_write_count + client.stability.fallback_read_count, 0);
     assert_eq!(
-        client.queue_full_error_count + client.alloc_shm_error_count,
+        client.stability.queue_full_error_count + client.stability.alloc_shm_error_count,
         0
     );
 }
@@ -270,11 +270,11 @@ fn exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering
     let (echoed, server, all_free) = server.join().unwrap();
     assert_eq!(echoed, 4);
     assert!(all_free);
-    assert_eq!(client.fallback_write_count, 3, "{client:?}");
-    assert_eq!(client.alloc_shm_error_count, 1, "{client:?}");
-    assert_eq!(server.fallback_read_count, 3, "{server:?}");
+    assert_eq!(client.stability.fallback_write_count, 3, "{client:?}");
+    assert_eq!(client.stability.alloc_shm_error_count, 1, "{client:?}");
+    assert_eq!(server.stability.fallback_read_count, 3, "{server:?}");
     assert_eq!(
-        server.fallback_write_count, 3,
+        server.stability.fallback_write_count, 3,
         "the server's stream switched too: {server:?}"
     );
 }

@@ -1,0 +1,161 @@
+//! Metrics reporting (Go's `Monitor`, PROTOCOL.md 8): a [`Monitor`] set in
+//! [`Config::monitor`](crate::Config) receives each session's [`Metrics`] every
+//! [`Config::monitor_interval`](crate::Config) and once more when the session closes, then
+//! [`Monitor::flush`].
+//!
+//! Sessions have no threads of their own, so the periodic reports come from one
+//! process-wide thread (`shmlink-monitor`), started when the first monitored session starts.
+//! It holds sessions weakly: a dropped session leaves its list by itself.
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::Metrics;
+use crate::driver::{Inner, lock};
+
+/// Receives sessions' metrics: periodically, and once when a session closes.
+///
+/// Called from the `shmlink-monitor` thread for the periodic reports and from the thread
+/// that closes the session for the last one; keep it short (hand the numbers to an
+/// exporter).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use shmlink::{Config, Metrics, Monitor, SessionInfo};
+///
+/// #[derive(Debug)]
+/// struct Log;
+///
+/// impl Monitor for Log {
+///     fn on_emit_session_metrics(&self, session: &SessionInfo, m: &Metrics) {
+///         println!(
+///             "session {} sent {} bytes, {} fallbacks, {} of {} shared bytes in use",
+///             session.id,
+///             m.performance.out_flow_bytes,
+///             m.stability.fallback_write_count,
+///             m.share_memory.all_in_used_share_memory_in_bytes,
+///             m.share_memory.capacity_of_share_memory_in_bytes,
+///         );
+///     }
+/// }
+///
+/// let config = Config {
+///     monitor: Some(Arc::new(Log)),
+///     monitor_interval: Duration::from_secs(10),
+///     ..Config::default()
+/// };
+/// ```
+pub trait Monitor: Send + Sync + std::fmt::Debug {
+    /// One session's metrics (Go's `OnEmitSessionMetrics`).
+    fn on_emit_session_metrics(&self, session: &SessionInfo, metrics: &Metrics);
+
+    /// Called after a session's last report (Go's `Flush`).
+    fn flush(&self) {}
+}
+
+/// Which session a report is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The session's id, unique in this process; the `session` field of its log events.
+    pub id: u64,
+    /// Whether this process is the session's client (it made the shared memory).
+    pub is_client: bool,
+    /// Whether this is the session's last report (it has closed).
+    pub closed: bool,
+}
+
+struct Entry {
+    session: Weak<Inner>,
+    due: Instant,
+}
+
+#[derive(Default)]
+struct Registry {
+    entries: Mutex<Vec<Entry>>,
+    changed: Condvar,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    static THREAD: OnceLock<()> = OnceLock::new();
+    let registry = REGISTRY.get_or_init(Registry::default);
+    THREAD.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("shmlink-monitor".into())
+            .spawn(|| run(registry));
+        if let Err(e) = spawned {
+            tracing::warn!(target: "shmlink::monitor", error = %e, "cannot start the monitor thread; no periodic reports");
+        }
+    });
+    registry
+}
+
+/// Reports `session` every `interval` until it closes or is dropped.
+pub(crate) fn watch(session: &Arc<Inner>, interval: Duration) {
+    let registry = registry();
+    lock(&registry.entries).push(Entry {
+        session: Arc::downgrade(session),
+        due: Instant::now() + interval,
+    });
+    registry.changed.notify_one();
+}
+
+/// One report to `monitor` about `session`.
+pub(crate) fn emit(monitor: &dyn Monitor, session: &Inner, closed: bool) {
+    let info = SessionInfo {
+        id: session.id,
+        is_client: session.is_client(),
+        closed,
+    };
+    monitor.on_emit_session_metrics(&info, &session.metrics());
+    if closed {
+        monitor.flush();
+    }
+}
+
+fn run(registry: &Registry) {
+    let mut entries = lock(&registry.entries);
+    loop {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        entries.retain_mut(|e| {
+            let Some(session) = e.session.upgrade() else {
+                return false;
+            };
+            if session.is_closed() {
+                return false; // its last report came from the close
+            }
+            if e.due <= now {
+                let interval = session.settings.monitor.as_ref().map(|m| m.1);
+                e.due = now + interval.unwrap_or(Duration::from_secs(30));
+                due.push(session);
+            }
+            true
+        });
+        let next = entries.iter().map(|e| e.due).min();
+        // Reports run without the lock: a monitor may take its time, sessions may start.
+        drop(entries);
+        for session in due {
+            if let Some((monitor, _)) = &session.settings.monitor {
+                emit(&**monitor, &session, false);
+            }
+        }
+        entries = lock(&registry.entries);
+        entries = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                registry
+                    .changed
+                    .wait_timeout(entries, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => registry
+                .changed
+                .wait(entries)
+                .unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
