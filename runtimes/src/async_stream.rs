@@ -234,6 +234,12 @@ impl AsyncStream {
         Ok(Self::new(Link::new(Arc::clone(inner), shared)))
     }
 
+    /// A stream the peer opened, accepted through a listener.
+    #[cfg_attr(not(any(feature = "tokio", feature = "smol")), allow(dead_code))]
+    pub(crate) fn from_parts(inner: Arc<Inner>, shared: Arc<crate::stream::StreamShared>) -> Self {
+        Self::new(Link::new(inner, shared))
+    }
+
     fn new(link: Arc<Link>) -> Self {
         let write_timeout = link.inner.settings.write_timeout;
         Self {
@@ -848,6 +854,22 @@ macro_rules! runtime_entry {
             Ok(AsyncSession {
                 inner: hs.start($rt)?,
             })
+        }
+
+        /// Waits for the next stream any client opens, across all sessions (see
+        /// [`Listener::accept_stream`]; the listener runs the sessions on this runtime).
+        /// Cancellation-safe: a stream that arrived meanwhile is returned by the next call.
+        ///
+        /// ```no_run
+        #[doc = concat!("# async fn demo() -> Result<(), shmlink::Error> {")]
+        /// let listener = shmlink::Listener::bind("/tmp/echo.sock", shmlink::Config::default())?;
+        #[doc = concat!("let stream = shmlink::", $name, "::accept_stream(&listener).await?;")]
+        /// # Ok(()) }
+        /// ```
+        pub async fn accept_stream(listener: &Listener) -> Result<crate::AsyncStream, Error> {
+            let mut wait = listener.hub_wait($rt)?;
+            let (inner, shared) = poll_fn(|cx| wait.poll(cx)).await?;
+            Ok(crate::AsyncStream::from_parts(inner, shared))
         }
     };
 }

@@ -1179,6 +1179,20 @@ impl Inner {
         self.shutdown(CloseReason::Local);
     }
 
+    /// Refuses new local streams from now on (the first step of a graceful close).
+    pub(crate) fn begin_closing(&self) {
+        // SYNC: Release; pairs with the Acquire load in is_closing.
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Streams handed out (opened here or accepted) and not closed yet; streams the peer
+    /// opened that nobody accepted do not count. Takes in what the peer sent first.
+    pub(crate) fn streams_in_use(&self) -> usize {
+        self.pump_now();
+        let state = lock(&self.state);
+        state.streams.len().saturating_sub(state.accept.len())
+    }
+
     /// Whether a graceful close has begun (no new streams).
     pub(crate) fn is_closing(&self) -> bool {
         // SYNC: Acquire; pairs with the Release stores in close_gracefully / shutdown_async.

@@ -248,19 +248,14 @@ pub mod tokio {
         F: Fn(crate::AsyncStream) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let handler = std::sync::Arc::new(handler);
         loop {
-            let session = match accept(listener).await {
-                Ok(session) => session,
-                Err(Error::ClosedLocally) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let handler = std::sync::Arc::clone(&handler);
-            ::tokio::spawn(async move {
-                while let Ok(stream) = session.accept_stream(None).await {
+            match accept_stream(listener).await {
+                Ok(stream) => {
                     ::tokio::spawn(handler(stream));
                 }
-            });
+                Err(Error::ClosedLocally) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -270,6 +265,42 @@ pub mod tokio {
 #[cfg(feature = "smol")]
 pub mod smol {
     crate::async_stream::runtime_entry!(Runtime::Smol, "smol");
+
+    /// Runs `handler` on every stream any client opens, each as a task handed to `spawn`
+    /// (async-io has no executor of its own: pass your executor's spawn), until the listener
+    /// is closed; then returns `Ok(())`.
+    ///
+    /// ```no_run
+    /// # use std::{future::Future, pin::Pin};
+    /// # async fn demo(spawn: impl Fn(Pin<Box<dyn Future<Output = ()> + Send>>)) -> Result<(), shmlink::Error> {
+    /// // With smol: `let ex = smol::Executor::new();` and `spawn = |task| ex.spawn(task).detach()`.
+    /// let listener = shmlink::Listener::bind("/tmp/echo.sock", shmlink::Config::default())?;
+    /// shmlink::smol::serve(&listener, spawn, |mut stream| async move {
+    ///     while let Ok(Some(view)) = stream.read_view().await {
+    ///         let reply = view.to_vec();
+    ///         drop(view);
+    ///         if stream.send(&reply).await.is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// })
+    /// .await
+    /// # }
+    /// ```
+    pub async fn serve<S, F, Fut>(listener: &Listener, spawn: S, handler: F) -> Result<(), Error>
+    where
+        S: Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+        F: Fn(crate::AsyncStream) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            match accept_stream(listener).await {
+                Ok(stream) => spawn(Box::pin(handler(stream))),
+                Err(Error::ClosedLocally) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use shmlink_linux::socket;
 
-use crate::rt::Runtime;
+use crate::driver::{Inner, WaitSlot, lock};
+use crate::rt::{Runtime, block_on, poll_fn};
 use crate::session::{Handshaken, server_handshake};
+use crate::stream::StreamShared;
 use crate::{Config, Error, Session};
 
 /// How often the acceptor thread looks at the stop flag.
@@ -89,6 +91,8 @@ pub struct HandshakeFailure {
 #[derive(Debug)]
 pub struct Listener {
     ready: Arc<Ready>,
+    /// Sessions owned by the listener, for `accept_stream`.
+    hub: Mutex<Hub>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
@@ -103,6 +107,23 @@ impl Listener {
             socket::Listener::bind_unix_mode(path.as_ref(), mode)?,
             config,
         )
+    }
+
+    /// Serves on a unix socket that already listens: inherited from a parent, handed over by
+    /// systemd's socket activation, or shared by several worker processes (each accepts
+    /// whichever connections it wins). Its file is not removed on close.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), shmlink::Error> {
+    /// let socket = std::os::unix::net::UnixListener::bind("/tmp/svc.sock")?;
+    /// let listener = shmlink::Listener::from_std(socket, shmlink::Config::default())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_std(
+        socket: std::os::unix::net::UnixListener,
+        config: Config,
+    ) -> Result<Self, Error> {
+        Self::start(socket::Listener::adopt_unix(socket)?, config)
     }
 
     /// Listens on a TCP address (clients must use file mode).
@@ -125,6 +146,7 @@ impl Listener {
         };
         Ok(Self {
             ready,
+            hub: Mutex::new(Hub::default()),
             counters,
             stop,
             acceptor: Mutex::new(Some(acceptor)),
@@ -260,10 +282,148 @@ impl Ready {
     }
 }
 
+/// Sessions the listener runs itself, so that [`Listener::accept_stream`] can hand out the
+/// streams of all of them.
+#[derive(Default)]
+struct Hub {
+    /// The runtime the hub's sessions were started on (the first `accept_stream` decides).
+    runtime: Option<Runtime>,
+    sessions: Vec<Arc<Inner>>,
+    /// Where the next poll starts, so that one busy session cannot starve the others.
+    turn: usize,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("sessions", &self.sessions.len())
+            .finish()
+    }
+}
+
+/// One `accept_stream` call's waits, one per hub session; forgotten however the call ends.
+pub(crate) struct HubWait<'a> {
+    listener: &'a Listener,
+    runtime: Runtime,
+    slots: Vec<(Arc<Inner>, WaitSlot)>,
+}
+
+impl HubWait<'_> {
+    /// The next stream any hub session's peer opened, with its session.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(Arc<Inner>, Arc<StreamShared>), Error>> {
+        let listener = self.listener;
+        // Sessions whose handshake finished join the hub.
+        let closed = loop {
+            match listener.poll_handshaken(cx) {
+                Poll::Ready(Ok(hs)) => match hs.start(self.runtime) {
+                    Ok(inner) => lock(&listener.hub).sessions.push(inner),
+                    Err(e) => {
+                        tracing::warn!(target: "shmlink::listener", error = %e, "cannot start a session");
+                    }
+                },
+                Poll::Ready(Err(_)) => break true,
+                Poll::Pending => break false,
+            }
+        };
+        if closed {
+            return Poll::Ready(Err(Error::ClosedLocally));
+        }
+        let (sessions, turn) = {
+            let mut hub = lock(&listener.hub);
+            hub.sessions.retain(|s| !s.is_closed());
+            hub.turn = hub.turn.wrapping_add(1);
+            (hub.sessions.clone(), hub.turn)
+        };
+        self.slots.retain_mut(|(inner, slot)| {
+            let keep = sessions.iter().any(|s| Arc::ptr_eq(s, inner));
+            if !keep {
+                inner.forget(slot);
+            }
+            keep
+        });
+        let n = sessions.len();
+        for k in 0..n {
+            let inner = &sessions[(turn + k) % n];
+            let at = match self.slots.iter().position(|(s, _)| Arc::ptr_eq(s, inner)) {
+                Some(at) => at,
+                None => {
+                    self.slots.push((Arc::clone(inner), WaitSlot::new()));
+                    self.slots.len() - 1
+                }
+            };
+            let slot = &mut self.slots[at].1;
+            match inner.poll_accept(cx, slot, None) {
+                Poll::Ready(Ok(shared)) => return Poll::Ready(Ok((Arc::clone(inner), shared))),
+                // That session ended; the others go on.
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for HubWait<'_> {
+    fn drop(&mut self) {
+        for (inner, slot) in &mut self.slots {
+            inner.forget(slot);
+        }
+    }
+}
+
 impl Listener {
+    /// The hub's waits for one `accept_stream` on `runtime`.
+    pub(crate) fn hub_wait(&self, runtime: Runtime) -> Result<HubWait<'_>, Error> {
+        let mut hub = lock(&self.hub);
+        match hub.runtime {
+            Some(r) if r != runtime => {
+                return Err(Error::Config(format!(
+                    "this listener's accept_stream already runs on {r:?}, not {runtime:?}"
+                )));
+            }
+            _ => hub.runtime = Some(runtime),
+        }
+        Ok(HubWait {
+            listener: self,
+            runtime,
+            slots: Vec::new(),
+        })
+    }
+
+    /// Waits for the next stream any client opens, across all sessions: the listener takes
+    /// the sessions (use this or [`accept`](Self::accept), not both) and hands out their
+    /// streams as they come, no session starving the others. [`Error::ClosedLocally`] once
+    /// the listener is closed.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), shmlink::Error> {
+    /// use std::io::{Read, Write};
+    /// let listener = shmlink::Listener::bind("/tmp/echo.sock", shmlink::Config::default())?;
+    /// loop {
+    ///     let mut stream = listener.accept_stream()?;
+    ///     std::thread::spawn(move || {
+    ///         let mut buf = [0u8; 4096];
+    ///         while let Ok(n @ 1..) = stream.read(&mut buf) {
+    ///             if stream.write_all(&buf[..n]).is_err() {
+    ///                 break;
+    ///             }
+    ///         }
+    ///     });
+    /// }
+    /// # }
+    /// ```
+    pub fn accept_stream(&self) -> Result<crate::Stream, Error> {
+        let mut wait = self.hub_wait(Runtime::Blocking)?;
+        let (inner, shared) = block_on(poll_fn(|cx| wait.poll(cx)))?;
+        Ok(crate::Stream::new(inner, shared))
+    }
+
     /// Runs `handler` on every stream any client opens, each on a thread of its own, until
-    /// the listener is closed (from another thread, with [`close`](Self::close)); then returns
-    /// `Ok(())`. Sessions already running keep serving their streams.
+    /// the listener is closed (from another thread, with [`close`](Self::close) or
+    /// [`shutdown`](Self::shutdown)); then returns `Ok(())`.
     ///
     /// ```no_run
     /// # fn demo() -> Result<(), shmlink::Error> {
@@ -285,27 +445,51 @@ impl Listener {
     {
         let handler = Arc::new(handler);
         loop {
-            let session = match self.accept() {
-                Ok(session) => session,
+            let stream = match self.accept_stream() {
+                Ok(stream) => stream,
                 Err(Error::ClosedLocally) => return Ok(()),
                 Err(e) => return Err(e),
             };
             let handler = Arc::clone(&handler);
-            std::thread::Builder::new()
-                .name("shmlink-session".into())
-                .spawn(move || {
-                    while let Ok(stream) = session.accept_stream(None) {
-                        let handler = Arc::clone(&handler);
-                        let spawned = std::thread::Builder::new()
-                            .name("shmlink-stream".into())
-                            .spawn(move || handler(stream));
-                        if let Err(e) = spawned {
-                            tracing::warn!(target: "shmlink::listener", error = %e, "cannot start a stream thread");
-                        }
-                    }
-                })
-                .map_err(Error::Io)?;
+            let spawned = std::thread::Builder::new()
+                .name("shmlink-stream".into())
+                .spawn(move || handler(stream));
+            if let Err(e) = spawned {
+                // The stream is dropped (closed): its client sees the end, not silence.
+                tracing::warn!(target: "shmlink::listener", error = %e, "cannot start a stream thread");
+            }
         }
+    }
+
+    /// Shuts the server down gracefully: stops accepting (as [`close`](Self::close)), then
+    /// lets the sessions the listener runs (those of [`accept_stream`](Self::accept_stream)
+    /// and `serve`) finish the streams already handed out, up to `timeout`, and closes them
+    /// once their clients took every reply. Streams a client opened but nobody accepted yet
+    /// fail on the client with a closed-session error, never silence.
+    ///
+    /// ```no_run
+    /// # fn demo(listener: std::sync::Arc<shmlink::Listener>) {
+    /// // on SIGTERM, from another thread than the one in `serve`:
+    /// listener.shutdown(std::time::Duration::from_secs(5));
+    /// # }
+    /// ```
+    pub fn shutdown(&self, timeout: Duration) {
+        self.close();
+        let sessions = std::mem::take(&mut lock(&self.hub).sessions);
+        let deadline = Instant::now() + timeout;
+        for s in &sessions {
+            s.begin_closing();
+        }
+        let mut pause = Duration::from_micros(100);
+        while Instant::now() < deadline && sessions.iter().any(|s| s.streams_in_use() > 0) {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+        std::thread::scope(|scope| {
+            for s in &sessions {
+                scope.spawn(move || s.close_gracefully());
+            }
+        });
     }
 
     /// Stops accepting: the socket file is removed, handshakes still in flight are
@@ -338,6 +522,9 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.close();
+        for s in std::mem::take(&mut lock(&self.hub).sessions) {
+            s.close_gracefully();
+        }
     }
 }
 

@@ -364,11 +364,12 @@ impl AsFd for Conn {
     }
 }
 
-/// A listening socket. A unix listener removes its socket file on drop.
+/// A listening socket. A unix listener that bound its path removes the socket file on drop.
 #[derive(Debug)]
 pub enum Listener {
-    /// Listening on a unix socket path.
-    Unix(UnixListener, PathBuf),
+    /// Listening on a unix socket; the path is `None` for an adopted socket (not ours to
+    /// remove).
+    Unix(UnixListener, Option<PathBuf>),
     /// Listening on a TCP address.
     Tcp(TcpListener),
 }
@@ -404,14 +405,26 @@ impl Listener {
         let l = UnixListener::bind(path).map_err(TransportError::io("bind the unix socket"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(TransportError::io("set the unix socket's file mode"))?;
-        Ok(Listener::Unix(l, path.to_owned()))
+        l.set_nonblocking(true)
+            .map_err(TransportError::io("make the unix socket non-blocking"))?;
+        Ok(Listener::Unix(l, Some(path.to_owned())))
+    }
+
+    /// Adopts a socket that already listens (inherited from a parent, systemd's socket
+    /// activation, or shared by several worker processes). Its file is left in place on
+    /// drop. Accepting never blocks when another process took the connection first.
+    pub fn adopt_unix(l: UnixListener) -> Result<Self, TransportError> {
+        l.set_nonblocking(true)
+            .map_err(TransportError::io("make the unix socket non-blocking"))?;
+        Ok(Listener::Unix(l, None))
     }
 
     /// Listens on a TCP address.
     pub fn bind_tcp(addr: impl ToSocketAddrs) -> Result<Self, TransportError> {
-        TcpListener::bind(addr)
-            .map(Listener::Tcp)
-            .map_err(TransportError::io("bind the TCP socket"))
+        let l = TcpListener::bind(addr).map_err(TransportError::io("bind the TCP socket"))?;
+        l.set_nonblocking(true)
+            .map_err(TransportError::io("make the TCP socket non-blocking"))?;
+        Ok(Listener::Tcp(l))
     }
 
     /// The local TCP address (for `bind_tcp("127.0.0.1:0")`).
@@ -444,31 +457,49 @@ impl Listener {
             }
         }
         .map_err(|e| TransportError::io("wait for a connection")(e.into()))?;
+        let timed_out = || TransportError::Io {
+            context: "wait for a connection",
+            source: io::Error::from(io::ErrorKind::TimedOut),
+        };
         if ready == 0 {
-            return Err(TransportError::Io {
-                context: "wait for a connection",
-                source: io::Error::from(io::ErrorKind::TimedOut),
-            });
+            return Err(timed_out());
         }
-        self.accept()
+        match self.accept_now() {
+            // Another process sharing the socket took it first.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(timed_out()),
+            other => other.map_err(TransportError::io("accept a connection")),
+        }
     }
 
-    /// Accepts one connection.
+    /// Accepts one connection, waiting for it.
     pub fn accept(&self) -> Result<Conn, TransportError> {
+        loop {
+            match self.accept_timeout(std::time::Duration::from_secs(3600)) {
+                Err(e) if e.is_timeout() => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// One non-blocking accept; the connection itself is blocking.
+    fn accept_now(&self) -> io::Result<Conn> {
         match self {
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Conn::Unix(s)),
-            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+            Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
+                s.set_nonblocking(false)?;
+                Ok(Conn::Unix(s))
+            }),
+            Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
+                s.set_nonblocking(false)?;
                 let _ = s.set_nodelay(true);
-                Conn::Tcp(s)
+                Ok(Conn::Tcp(s))
             }),
         }
-        .map_err(TransportError::io("accept a connection"))
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
+        if let Listener::Unix(_, Some(path)) = self {
             let _ = std::fs::remove_file(path);
         }
     }
