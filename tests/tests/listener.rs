@@ -127,3 +127,92 @@ fn tokio_serve_runs_the_callback_for_every_stream() {
     listener.close();
     rt.block_on(server).unwrap().unwrap();
 }
+
+/// `accept_stream` hands out the streams of every session, whichever session a client uses
+/// and even when nothing else reads any of them: one blocking wait covers all their sockets.
+/// (It once watched only the last session it looked at: a stream opened on another, quiet
+/// session was never noticed.)
+#[test]
+fn accept_stream_covers_every_session_even_quiet_ones() {
+    let path = socket_path(&unique("hub"));
+    let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
+    let clients: Vec<Session> = (0..3)
+        .map(|_| Session::connect(&path, Config::default()).unwrap())
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let acceptor = {
+        let listener = Arc::clone(&listener);
+        std::thread::spawn(move || {
+            while let Ok(mut stream) = listener.accept_stream() {
+                let mut buf = [0u8; 1];
+                stream.read_exact(&mut buf).unwrap();
+                tx.send(buf[0]).unwrap();
+            }
+        })
+    };
+    // Each client in turn opens one stream while the acceptor sleeps on all sessions.
+    for round in 0..2u8 {
+        for (i, c) in clients.iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut s = c.open_stream().unwrap();
+            let tag = round * 10 + i as u8;
+            s.write_all(&[tag]).unwrap();
+            let got = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("the stream of client {i} was not accepted"));
+            assert_eq!(got, tag);
+        }
+    }
+    listener.close();
+    acceptor.join().unwrap();
+}
+
+#[test]
+fn tokio_and_smol_accept_stream_cover_every_session() {
+    for rt_name in ["tokio", "smol"] {
+        let path = socket_path(&unique(&format!("hub-{rt_name}")));
+        let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
+        let clients: Vec<Session> = (0..3)
+            .map(|_| Session::connect(&path, Config::default()).unwrap())
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let acceptor = {
+            let listener = Arc::clone(&listener);
+            let rt_name = rt_name.to_owned();
+            std::thread::spawn(move || {
+                let run = async {
+                    loop {
+                        let next = if rt_name == "tokio" {
+                            shmlink::tokio::accept_stream(&listener).await
+                        } else {
+                            shmlink::smol::accept_stream(&listener).await
+                        };
+                        let Ok(mut stream) = next else { break };
+                        let got = stream.read_bytes(1).await.unwrap().unwrap();
+                        tx.send(got[0]).unwrap();
+                    }
+                };
+                if rt_name == "tokio" {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(run);
+                } else {
+                    shmlink_tests::exec::block_on(run);
+                }
+            })
+        };
+        for (i, c) in clients.iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut s = c.open_stream().unwrap();
+            s.write_all(&[i as u8]).unwrap();
+            let got = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("{rt_name}: client {i}'s stream was not accepted"));
+            assert_eq!(got, i as u8);
+        }
+        listener.close();
+        acceptor.join().unwrap();
+    }
+}

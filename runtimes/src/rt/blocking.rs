@@ -16,10 +16,22 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use super::{Reactor, Timer, recv_now};
 
+/// What the future polled last asked to wait for: sockets to become readable (usually one;
+/// several when one wait covers many sessions, as a listener's `accept_stream`), and the
+/// earliest deadline. Reset before every poll; the vector keeps its room, so the hot path
+/// does not allocate.
+struct Wait {
+    sockets: Vec<Arc<OwnedFd>>,
+    deadline: Option<Instant>,
+}
+
 thread_local! {
-    /// What the future polled last asked to wait for: the socket to become readable, and the
-    /// earliest deadline. Reset before every poll.
-    static WAIT: RefCell<(Option<Arc<OwnedFd>>, Option<Instant>)> = const { RefCell::new((None, None)) };
+    static WAIT: RefCell<Wait> = const {
+        RefCell::new(Wait {
+            sockets: Vec::new(),
+            deadline: None,
+        })
+    };
     static PARKER: Arc<Parker> = Arc::new(Parker::new());
 }
 
@@ -69,11 +81,14 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     loop {
         // SYNC: SeqCst like every access to the flag (see wake_by_ref).
         parker.notified.store(false, Ordering::SeqCst);
-        WAIT.with(|w| *w.borrow_mut() = (None, None));
+        WAIT.with(|w| {
+            let mut w = w.borrow_mut();
+            w.sockets.clear();
+            w.deadline = None;
+        });
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
             return out;
         }
-        let (fd, deadline) = WAIT.with(|w| w.borrow_mut().clone());
         // SYNC: see wake_by_ref.
         if parker.notified.load(Ordering::SeqCst) {
             // Woken while polling (a spin: the driver re-polls by waking itself).
@@ -82,13 +97,16 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         }
         parker.sleeping.store(true, Ordering::SeqCst);
         if !parker.notified.load(Ordering::SeqCst) {
-            sleep(parker.efd.as_ref(), fd.as_deref(), deadline);
+            WAIT.with(|w| {
+                let w = w.borrow();
+                sleep(parker.efd.as_ref(), &w.sockets, w.deadline);
+            });
         }
         parker.sleeping.store(false, Ordering::SeqCst);
     }
 }
 
-fn sleep(efd: Option<&OwnedFd>, socket: Option<&OwnedFd>, deadline: Option<Instant>) {
+fn sleep(efd: Option<&OwnedFd>, sockets: &[Arc<OwnedFd>], deadline: Option<Instant>) {
     let timeout = deadline.map(|d| {
         let left = d.saturating_duration_since(Instant::now());
         rustix::event::Timespec {
@@ -101,13 +119,23 @@ fn sleep(efd: Option<&OwnedFd>, socket: Option<&OwnedFd>, deadline: Option<Insta
         std::thread::sleep(std::time::Duration::from_micros(200));
         return;
     };
-    let mut fds = [
-        PollFd::new(efd, PollFlags::IN),
-        PollFd::from_borrowed_fd(socket.unwrap_or(efd).as_fd(), PollFlags::IN),
-    ];
-    let n = if socket.is_some() { 2 } else { 1 };
-    let _ = rustix::event::poll(&mut fds[..n], timeout.as_ref());
-    if fds[0].revents().contains(PollFlags::IN) {
+    let woken = if sockets.len() <= 1 {
+        // One session (every stream's wait): no allocation.
+        let mut fds = [
+            PollFd::new(efd, PollFlags::IN),
+            PollFd::from_borrowed_fd(sockets.first().map_or(efd.as_fd(), |s| s.as_fd()), PollFlags::IN),
+        ];
+        let n = 1 + sockets.len();
+        let _ = rustix::event::poll(&mut fds[..n], timeout.as_ref());
+        fds[0].revents().contains(PollFlags::IN)
+    } else {
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(PollFd::new(efd, PollFlags::IN))
+            .chain(sockets.iter().map(|s| PollFd::new(&**s, PollFlags::IN)))
+            .collect();
+        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+        fds[0].revents().contains(PollFlags::IN)
+    };
+    if woken {
         let mut drain = [0u8; 8];
         let _ = rustix::io::read(efd, &mut drain);
     }
@@ -128,7 +156,12 @@ impl Reactor for BlockingReactor {
     fn poll_recv(&self, _cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match recv_now(&*self.fd, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                WAIT.with(|w| w.borrow_mut().0 = Some(Arc::clone(&self.fd)));
+                WAIT.with(|w| {
+                    let sockets = &mut w.borrow_mut().sockets;
+                    if !sockets.iter().any(|s| Arc::ptr_eq(s, &self.fd)) {
+                        sockets.push(Arc::clone(&self.fd));
+                    }
+                });
                 Poll::Pending
             }
             other => Poll::Ready(other),
@@ -150,7 +183,7 @@ impl Timer for BlockingTimer {
         }
         WAIT.with(|w| {
             let mut w = w.borrow_mut();
-            w.1 = Some(w.1.map_or(at, |d| d.min(at)));
+            w.deadline = Some(w.deadline.map_or(at, |d| d.min(at)));
         });
         Poll::Pending
     }
