@@ -161,7 +161,8 @@ impl Writer {
                             .lock_state()
                             .core
                             .metrics_mut()
-                            .stability.queue_full_error_count += 1;
+                            .stability
+                            .queue_full_error_count += 1;
                         Error::QueueFull
                     }));
                 }

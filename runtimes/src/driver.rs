@@ -306,10 +306,12 @@ impl Inner {
         let mut m = lock(&self.state).core.metrics();
         // SYNC: Relaxed; counters, read whenever.
         m.performance.out_flow_bytes += self.counters.out_flow_bytes.load(Ordering::Relaxed);
-        m.performance.send_sync_event_count += self.counters.send_sync_event_count.load(Ordering::Relaxed);
+        m.performance.send_sync_event_count +=
+            self.counters.send_sync_event_count.load(Ordering::Relaxed);
         // Go reports the queues' tails (every element ever enqueued, closes included).
         m.performance.send_queue_count = self.shm.send.queue().pushed_total().max(0) as u64;
-        m.performance.receive_queue_count = lock(&self.shm.recv).queue().pushed_total().max(0) as u64;
+        m.performance.receive_queue_count =
+            lock(&self.shm.recv).queue().pushed_total().max(0) as u64;
         let b = &self.shm.buffers;
         m.share_memory.capacity_of_share_memory_in_bytes = u64::from(b.capacity_bytes());
         m.share_memory.all_in_used_share_memory_in_bytes = u64::from(b.in_use_bytes());
@@ -595,7 +597,11 @@ impl Inner {
             .and_then(|()| if socket { self.pump_socket(m) } else { Ok(()) });
         if let Err(reason) = &result {
             if !matches!(reason, CloseReason::Peer) {
-                lock(&self.state).core.metrics_mut().stability.event_conn_error_count += 1;
+                lock(&self.state)
+                    .core
+                    .metrics_mut()
+                    .stability
+                    .event_conn_error_count += 1;
             }
         }
         result
@@ -853,7 +859,11 @@ impl Inner {
                         None => attempt <= QUEUE_FULL_RETRIES,
                     };
                     if !more {
-                        lock(&self.state).core.metrics_mut().stability.queue_full_error_count += 1;
+                        lock(&self.state)
+                            .core
+                            .metrics_mut()
+                            .stability
+                            .queue_full_error_count += 1;
                         return Err(if deadline.is_some() {
                             Error::Timeout
                         } else {

@@ -305,14 +305,16 @@ pub mod smol {
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub use async_stream::{AsyncSession, AsyncStream, ReadHalf, WriteHalf};
-#[cfg(any(feature = "tokio", feature = "smol"))]
-pub use manager::{AsyncPooledStream, AsyncSessionManager};
 pub use config::{Config, Exhaustion, MemMode, SyncMode};
 pub use error::Error;
 pub use listener::{HandshakeFailure, Listener};
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub use manager::{AsyncPooledStream, AsyncSessionManager};
 pub use manager::{ManagerConfig, PooledStream, SessionManager};
 pub use monitor::{Monitor, SessionInfo};
 pub use session::Session;
 pub use shmlink_core::buffer::SizeClass;
-pub use shmlink_core::session::{Metrics, PerformanceMetrics, ShareMemoryMetrics, StabilityMetrics};
+pub use shmlink_core::session::{
+    Metrics, PerformanceMetrics, ShareMemoryMetrics, StabilityMetrics,
+};
 pub use stream::{Async, Blocking, Pieces, Reservation, Stream, View};

@@ -498,7 +498,12 @@ impl SessionManager {
         manager: ManagerConfig,
     ) -> Result<Self, Error> {
         Ok(Self {
-            pool: Pool::start(path.as_ref(), config, manager, connector(Runtime::Blocking)?)?,
+            pool: Pool::start(
+                path.as_ref(),
+                config,
+                manager,
+                connector(Runtime::Blocking)?,
+            )?,
         })
     }
 
@@ -742,10 +747,7 @@ mod async_manager {
             self.pinned().poll_flush(cx)
         }
 
-        fn poll_shutdown(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<std::io::Result<()>> {
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             self.pinned().poll_shutdown(cx)
         }
     }

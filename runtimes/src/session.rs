@@ -452,10 +452,7 @@ impl Handshaken {
             shutdown_timeout: config.shutdown_timeout,
             blocking: runtime == Runtime::Blocking,
             can_spin: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
-            monitor: config
-                .monitor
-                .clone()
-                .map(|m| (m, config.monitor_interval)),
+            monitor: config.monitor.clone().map(|m| (m, config.monitor_interval)),
         };
         let core = core_session::Session::new(side, version, breaker);
         let peer = conn.peer();

@@ -228,7 +228,8 @@ impl Link {
                         .lock_state()
                         .core
                         .metrics_mut()
-                        .stability.alloc_shm_error_count += 1;
+                        .stability
+                        .alloc_shm_error_count += 1;
                     let exhausted = Error::SharedMemoryExhausted { requested: n };
                     match self.inner.settings.on_exhaustion {
                         Exhaustion::Fallback => return Ok(Reserved::Heap(vec![0; n])),
@@ -375,7 +376,8 @@ impl Link {
                     .lock_state()
                     .core
                     .metrics_mut()
-                    .stability.alloc_shm_error_count += 1;
+                    .stability
+                    .alloc_shm_error_count += 1;
                 let exhausted = Error::SharedMemoryExhausted {
                     requested: data.len(),
                 };

@@ -67,7 +67,10 @@ fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
     assert!(!c.is_fallback(), "no byte went to the socket");
     let m = client.metrics();
     assert_eq!(m.stability.fallback_write_count, 0);
-    assert!(m.stability.alloc_shm_error_count > 0, "memory did run out: {m:?}");
+    assert!(
+        m.stability.alloc_shm_error_count > 0,
+        "memory did run out: {m:?}"
+    );
     assert!(client.is_healthy(), "the circuit breaker stayed closed");
 }
 

@@ -230,8 +230,14 @@ fn metrics_follow_gos_definitions() {
     assert_eq!(server.performance.in_flow_bytes, framed);
     assert_eq!(server.performance.receive_queue_count, 5);
     assert_eq!(client.stability.active_stream_count, 0);
-    assert!(client.performance.send_sync_event_count >= 1 && client.performance.send_sync_event_count <= 5);
-    assert_eq!(client.stability.fallback_write_count + client.stability.fallback_read_count, 0);
+    assert!(
+        client.performance.send_sync_event_count >= 1
+            && client.performance.send_sync_event_count <= 5
+    );
+    assert_eq!(
+        client.stability.fallback_write_count + client.stability.fallback_read_count,
+        0
+    );
     assert_eq!(
         client.stability.queue_full_error_count + client.stability.alloc_shm_error_count,
         0

@@ -123,7 +123,10 @@ fn sleep(efd: Option<&OwnedFd>, sockets: &[Arc<OwnedFd>], deadline: Option<Insta
         // One session (every stream's wait): no allocation.
         let mut fds = [
             PollFd::new(efd, PollFlags::IN),
-            PollFd::from_borrowed_fd(sockets.first().map_or(efd.as_fd(), |s| s.as_fd()), PollFlags::IN),
+            PollFd::from_borrowed_fd(
+                sockets.first().map_or(efd.as_fd(), |s| s.as_fd()),
+                PollFlags::IN,
+            ),
         ];
         let n = 1 + sockets.len();
         let _ = rustix::event::poll(&mut fds[..n], timeout.as_ref());

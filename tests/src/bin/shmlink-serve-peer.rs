@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! shmlink-serve-peer <blocking|tokio|smol> server <socket> [--fd N] [--tag] [--grace MS]
+//!                    [--delay MS]
 //! shmlink-serve-peer <blocking|tokio|smol> load <socket> [--sessions S] [--streams K]
 //!                    [--requests R] [--buffer BYTES]
 //! ```
@@ -10,7 +11,8 @@
 //! `server`: echoes framed messages (4-byte length + body) on every stream of every client
 //! through `Listener::accept_stream` (blocking), `shmlink::tokio::serve`, or
 //! `shmlink::smol::accept_stream` (one task under the hand-written executor); with `--tag` each
-//! reply is this process's pid (4 bytes, big-endian) followed by the body. With `--fd N` it
+//! reply is this process's pid (4 bytes, big-endian) followed by the body; `--delay` holds
+//! every reply that long (requests are in flight when a shutdown comes). With `--fd N` it
 //! serves on an inherited listening socket instead of binding. Prints `ready`; a line on stdin
 //! (or its end) shuts it down gracefully (`Listener::shutdown` with `--grace` ms, default
 //! 1000), then it prints `stopped` and exits 0.
@@ -96,6 +98,7 @@ fn server(rt: Rt, path: &str, args: &[String]) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let listener = Arc::new(listener);
     let tag = args.iter().any(|a| a == "--tag");
+    let delay = Duration::from_millis(arg(args, "--delay").unwrap_or(0));
     let grace = Duration::from_millis(arg(args, "--grace").unwrap_or(1000));
     // A line on stdin, or its end, starts the graceful shutdown.
     let stopper = {
@@ -106,20 +109,30 @@ fn server(rt: Rt, path: &str, args: &[String]) -> Result<(), String> {
         })
     };
     println!("ready");
+    // The runtime outlives `serve` (which returns as soon as the listener closes): the
+    // handlers of streams already handed out finish their replies during the shutdown.
+    let tokio = if rt == Rt::Tokio {
+        Some(tokio_rt()?)
+    } else {
+        None
+    };
     match rt {
         Rt::Blocking => listener
             .serve(move |stream| {
-                let _ = echo_blocking(stream, tag);
+                let _ = echo_blocking(stream, tag, delay);
             })
             .map_err(|e| e.to_string())?,
-        Rt::Tokio => tokio_rt()?
+        Rt::Tokio => tokio
+            .as_ref()
+            .expect("made above")
             .block_on(shmlink::tokio::serve(&listener, move |stream| async move {
-                let _ = echo_async(stream, tag).await;
+                let _ = echo_async(stream, tag, delay, Rt::Tokio).await;
             }))
             .map_err(|e| e.to_string())?,
-        Rt::Smol => exec::block_on(smol_server(&listener, tag))?,
+        Rt::Smol => exec::block_on(smol_server(&listener, tag, delay))?,
     }
     stopper.join().map_err(|_| "the stopper panicked")?;
+    drop(tokio);
     println!("stopped");
     Ok(())
 }
@@ -133,15 +146,29 @@ fn reply_of(body: &[u8], tag: bool) -> Vec<u8> {
     reply
 }
 
-fn echo_blocking(mut stream: Stream, tag: bool) -> Result<(), Error> {
+fn echo_blocking(mut stream: Stream, tag: bool, delay: Duration) -> Result<(), Error> {
     while let Some(body) = recv_framed(&mut stream)? {
+        std::thread::sleep(delay);
         send_framed(&stream, &reply_of(&body, tag))?;
     }
     Ok(())
 }
 
-async fn echo_async(mut stream: AsyncStream, tag: bool) -> Result<(), Error> {
+async fn echo_async(
+    mut stream: AsyncStream,
+    tag: bool,
+    delay: Duration,
+    rt: Rt,
+) -> Result<(), Error> {
     while let Some(body) = framed::recv(&mut stream).await? {
+        if !delay.is_zero() {
+            match rt {
+                Rt::Tokio => tokio::time::sleep(delay).await,
+                _ => {
+                    async_io::Timer::after(delay).await;
+                }
+            }
+        }
         framed::send(&stream, &reply_of(&body, tag)).await?;
     }
     Ok(())
@@ -149,7 +176,7 @@ async fn echo_async(mut stream: AsyncStream, tag: bool) -> Result<(), Error> {
 
 /// Accepts and echoes in one task under the hand-written executor (accept_stream is
 /// cancellation-safe, so a fresh accept future per turn loses nothing).
-async fn smol_server(listener: &Listener, tag: bool) -> Result<(), String> {
+async fn smol_server(listener: &Listener, tag: bool, delay: Duration) -> Result<(), String> {
     let mut running = FuturesUnordered::new();
     let mut accepting = true;
     loop {
@@ -169,7 +196,7 @@ async fn smol_server(listener: &Listener, tag: bool) -> Result<(), String> {
         })
         .await;
         match event {
-            Some(Some(Ok(stream))) => running.push(echo_async(stream, tag)),
+            Some(Some(Ok(stream))) => running.push(echo_async(stream, tag, delay, Rt::Smol)),
             Some(Some(Err(Error::ClosedLocally))) => accepting = false,
             Some(Some(Err(e))) => return Err(e.to_string()),
             Some(None) => {}
@@ -231,7 +258,12 @@ fn load_blocking(load: &Load) -> Result<usize, String> {
                     send_framed(&stream, &body).map_err(|e| format!("stream {id}: {e}"))?;
                     match recv_framed(&mut stream).map_err(|e| format!("stream {id}: {e}"))? {
                         Some(echo) if echo == body => {}
-                        other => return Err(format!("stream {id} request {i}: bad echo {:?}", other.map(|e| e.len()))),
+                        other => {
+                            return Err(format!(
+                                "stream {id} request {i}: bad echo {:?}",
+                                other.map(|e| e.len())
+                            ));
+                        }
                     }
                 }
                 Ok(requests)
