@@ -19,10 +19,13 @@
 //! - `smol` (feature): [`smol::connect`] / [`smol::accept`], through `async-io`, which any
 //!   executor can drive (smol, async-executor, `futures`' `block_on`, a hand-written one).
 //!
-//! Around sessions: [`Listener`] (handshakes off the accept path, `serve` for a callback per
-//! stream, `close`), [`SessionManager`] (a client's pool of sessions and streams, rebuilt
-//! after a peer goes away), and graceful [`Session::close`] (the socket closes only once the
-//! peer took what was queued for it).
+//! Around sessions: [`Listener`] (handshakes off the accept path; [`Listener::accept_stream`]
+//! across all sessions or `serve` for a callback per stream; `close`, and a graceful
+//! [`Listener::shutdown`]), [`SessionManager`] and, on tokio or smol, `AsyncSessionManager`
+//! (a client's pool of sessions and streams, rebuilt after a peer goes away), graceful
+//! [`Session::close`] (the socket closes only once the peer took what was queued for it), Go's
+//! [`Metrics`] readable at any time and a [`Monitor`] that hears from every session, and
+//! `tracing` events with session and stream ids, none on the per-message path.
 //!
 //! A blocking echo, client and server in one process:
 //!
