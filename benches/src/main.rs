@@ -77,6 +77,8 @@ struct Plan {
     pipeline_count: usize,
     streams: Vec<usize>,
     stream_budget: Duration,
+    /// Client threads sharing one pool (`SessionManager`).
+    pooled_threads: Vec<usize>,
 }
 
 impl Plan {
@@ -91,6 +93,7 @@ impl Plan {
             pipeline_count: 20_000,
             streams: vec![1, 16, 256, 1000],
             stream_budget: Duration::from_millis(500),
+            pooled_threads: vec![1, 4, 16],
         }
     }
 
@@ -105,6 +108,7 @@ impl Plan {
             pipeline_count: 200_000,
             streams: vec![1, 16, 256, 1000],
             stream_budget: Duration::from_secs(2),
+            pooled_threads: vec![1, 4, 16, 64],
         }
     }
 
@@ -119,6 +123,7 @@ impl Plan {
             pipeline_count: 500,
             streams: vec![1, 16],
             stream_budget: Duration::from_millis(100),
+            pooled_threads: vec![1, 4],
         }
     }
 }
@@ -460,6 +465,80 @@ fn run_scale(plan: &Plan, report: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Sessions in the pooled client's pool.
+const POOL_SESSIONS: usize = 4;
+
+/// A service's client: threads sharing one `SessionManager`; every 64 B request borrows a
+/// stream from the pool and returns it. Beside it in the report: one stream's rate.
+fn run_pooled(plan: &Plan, report: &mut Report) -> Result<(), String> {
+    for &threads in &plan.pooled_threads {
+        machine::wait_idle(0.15, Duration::from_secs(5));
+        let endpoint = transports::endpoint(SHMLINK, &format!("pooled-{threads}"));
+        let peer = Peer::start(SHMLINK, &endpoint, 64, Mode::Pooled(64, POOL_SESSIONS))?;
+        let manager = shmlink::SessionManager::new(
+            &endpoint,
+            shmlink::Config::default(),
+            shmlink::ManagerConfig {
+                sessions: POOL_SESSIONS,
+                ..shmlink::ManagerConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let budget = plan.stream_budget;
+        let start = Instant::now();
+        let samples: Vec<Result<Vec<u64>, String>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let manager = &manager;
+                    s.spawn(move || {
+                        let mut rtts = Vec::new();
+                        let mut fill = 1u8;
+                        while start.elapsed() < budget || rtts.is_empty() {
+                            fill = if fill >= 250 { 1 } else { fill + 1 };
+                            let t = Instant::now();
+                            let mut stream = manager.get_stream().map_err(|e| e.to_string())?;
+                            let sum = transports::StreamRef(&mut stream)
+                                .round_trip(64, fill)
+                                .map_err(|e| e.to_string())?;
+                            drop(stream); // back to the pool, inside the timed request
+                            rtts.push(t.elapsed().as_nanos() as u64);
+                            check(sum, 64, fill)?;
+                        }
+                        Ok(rtts)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err("worker panicked".into())))
+                .collect()
+        });
+        let elapsed = start.elapsed();
+        let mut all = Vec::new();
+        for s in samples {
+            all.extend(s?);
+        }
+        manager.close();
+        drop(manager);
+        peer.finish();
+        all.sort_unstable();
+        let p = Scale {
+            streams: threads,
+            rate: all.len() as f64 / elapsed.as_secs_f64(),
+            p99_ns: percentile(&all, 0.99),
+            median_ns: percentile(&all, 0.5),
+        };
+        eprintln!(
+            "pooled, {:>3} threads: {:>10.0} requests/s, p99 {}",
+            threads,
+            p.rate,
+            report::time(p.p99_ns)
+        );
+        report.pooled.push(p);
+    }
+    Ok(())
+}
+
 fn peer_main(args: &[String]) -> Result<(), String> {
     let usage = "usage: shmlink-bench peer <transport> <endpoint> <max> <mode...>";
     let kind = args.first().and_then(|k| Kind::parse(k)).ok_or(usage)?;
@@ -520,6 +599,7 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
     run_pingpong(plan, &kinds, &mut report)?;
     run_pipelined(plan, &mut report)?;
     run_scale(plan, &mut report)?;
+    run_pooled(plan, &mut report)?;
     let (dir, md_name, plot_path, plot_ref) = if write {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         (
@@ -554,6 +634,7 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
     println!("\n{}", report.pingpong_table());
     println!("{}", report.pipelined_table());
     println!("{}", report.scale_table());
+    println!("{}", report.pooled_table());
     for line in report.verdicts() {
         println!("{line}");
     }

@@ -74,6 +74,8 @@ pub(crate) struct Report {
     pub(crate) pipelined: Vec<Pipelined>,
     /// Streams at scale (shmlink, 64 B).
     pub(crate) scale: Vec<Scale>,
+    /// A pooled client (`SessionManager`, 64 B requests); `streams` counts client threads.
+    pub(crate) pooled: Vec<Scale>,
 }
 
 /// A duration in the unit that suits it.
@@ -186,6 +188,36 @@ impl Report {
                 one.map_or("-".into(), |o| format!("{:.2}", s.rate / o)),
                 time(s.median_ns),
                 time(s.p99_ns),
+            );
+        }
+        t
+    }
+
+    /// The pooled client's table (markdown), against one stream of one session.
+    pub(crate) fn pooled_table(&self) -> String {
+        let mut t = String::from(
+            "| client threads | requests/s (all threads) | x one stream | median request | p99 request |\n\
+             | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        let one = self.scale.iter().find(|s| s.streams == 1);
+        if let Some(o) = one {
+            let _ = writeln!(
+                t,
+                "| one stream, no pool | {:.0} | 1.00 | {} | {} |",
+                o.rate,
+                time(o.median_ns),
+                time(o.p99_ns),
+            );
+        }
+        for p in &self.pooled {
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {} | {} | {} |",
+                p.streams,
+                p.rate,
+                one.map_or("-".into(), |o| format!("{:.2}", p.rate / o.rate)),
+                time(p.median_ns),
+                time(p.p99_ns),
             );
         }
         t
@@ -331,6 +363,13 @@ impl Report {
                 "\n### Streams at scale (shmlink-blocking-adaptive, 64 B ping-pong on every stream of one session)\n"
             );
             m.push_str(&self.scale_table());
+        }
+        if !self.pooled.is_empty() {
+            let _ = writeln!(
+                m,
+                "\n### Pooled client (`SessionManager` of 4 sessions, blocking; every 64 B request borrows a pooled stream and returns it)\n"
+            );
+            m.push_str(&self.pooled_table());
         }
         m
     }

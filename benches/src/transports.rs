@@ -174,6 +174,8 @@ pub(crate) enum Mode {
     /// shmlink only: ping-pong `n`-byte messages on every stream the client opens, each on a
     /// thread of its own, until the session ends.
     Streams(usize),
+    /// shmlink only: `Streams` over each of `sessions` sessions (a client's pool).
+    Pooled(usize, usize),
 }
 
 impl Mode {
@@ -183,6 +185,7 @@ impl Mode {
             Mode::PingPong(n) => vec!["pingpong".into(), n.to_string()],
             Mode::Pipeline(n, c) => vec!["pipeline".into(), n.to_string(), c.to_string()],
             Mode::Streams(n) => vec!["streams".into(), n.to_string()],
+            Mode::Pooled(n, s) => vec!["pooled".into(), n.to_string(), s.to_string()],
         }
     }
 
@@ -195,6 +198,10 @@ impl Mode {
                 args.get(2)?.parse().ok()?,
             )),
             "streams" => Some(Mode::Streams(args.get(1)?.parse().ok()?)),
+            "pooled" => Some(Mode::Pooled(
+                args.get(1)?.parse().ok()?,
+                args.get(2)?.parse().ok()?,
+            )),
             _ => None,
         }
     }
@@ -258,7 +265,7 @@ impl<S: Read + Write> Client for StreamClient<S> {
 
 fn serve_stream<S: Read + Write>(mut sock: S, mode: Mode) -> io::Result<()> {
     match mode {
-        Mode::PingPong(n) | Mode::Streams(n) => {
+        Mode::PingPong(n) | Mode::Streams(n) | Mode::Pooled(n, _) => {
             let mut buf = vec![0u8; n];
             loop {
                 match sock.read_exact(&mut buf) {
@@ -472,7 +479,9 @@ fn serve_shmlink_async(listener: shmlink::Listener, rt: Rt, mode: Mode) -> io::R
         }?;
         let mut stream = session.accept_stream(None).await?;
         match mode {
-            Mode::PingPong(n) | Mode::Streams(n) => shmlink_pong_async(stream, n).await?,
+            Mode::PingPong(n) | Mode::Streams(n) | Mode::Pooled(n, _) => {
+                shmlink_pong_async(stream, n).await?
+            }
             Mode::Pipeline(n, count) => {
                 let (sum, views) = shmlink_recv_async(&mut stream, n * count)
                     .await?
@@ -549,21 +558,37 @@ fn shmlink_pong(mut stream: shmlink::Stream, n: usize) -> io::Result<()> {
     }
 }
 
+/// Ping-pong on every stream of `session`, a thread each, until the session ends.
+fn pong_every_stream(session: &shmlink::Session, n: usize) {
+    let mut workers = Vec::new();
+    while let Ok(stream) = session.accept_stream(None) {
+        workers.push(std::thread::spawn(move || shmlink_pong(stream, n)));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
 fn serve_shmlink(listener: shmlink::Listener, mode: Mode) -> io::Result<()> {
+    if let Mode::Pooled(n, sessions) = mode {
+        let mut each = Vec::new();
+        for _ in 0..sessions {
+            let session = listener.accept()?;
+            each.push(std::thread::spawn(move || pong_every_stream(&session, n)));
+        }
+        for s in each {
+            let _ = s.join();
+        }
+        return Ok(());
+    }
     let session = listener.accept()?;
     if let Mode::Streams(n) = mode {
-        let mut workers = Vec::new();
-        while let Ok(stream) = session.accept_stream(None) {
-            workers.push(std::thread::spawn(move || shmlink_pong(stream, n)));
-        }
-        for w in workers {
-            let _ = w.join();
-        }
+        pong_every_stream(&session, n);
         return Ok(());
     }
     let mut stream = session.accept_stream(None)?;
     match mode {
-        Mode::PingPong(n) | Mode::Streams(n) => shmlink_pong(stream, n)?,
+        Mode::PingPong(n) | Mode::Streams(n) | Mode::Pooled(n, _) => shmlink_pong(stream, n)?,
         Mode::Pipeline(n, count) => {
             let (sum, views) = shmlink_recv(&mut stream, n * count)?
                 .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
@@ -695,7 +720,7 @@ fn serve_cloudwego(path: &Path, v4: bool, mode: Mode, ready: impl FnOnce()) -> i
         let stream = listener.accept().await.map_err(io::Error::other)?;
         let mut stream = cloudwego_shmipc::compact::StreamExt::new(stream);
         match mode {
-            Mode::PingPong(n) | Mode::Streams(n) => {
+            Mode::PingPong(n) | Mode::Streams(n) | Mode::Pooled(n, _) => {
                 let mut buf = vec![0u8; n];
                 while stream.read_exact(&mut buf).await.is_ok() {
                     let fill = reply_fill(checksum(&buf), n);

@@ -301,6 +301,9 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// A stream a client opened, and its session.
+pub(crate) type Accepted = (Arc<Inner>, Arc<StreamShared>);
+
 /// One `accept_stream` call's waits, one per hub session; forgotten however the call ends.
 pub(crate) struct HubWait<'a> {
     listener: &'a Listener,
@@ -313,7 +316,7 @@ impl HubWait<'_> {
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(Arc<Inner>, Arc<StreamShared>), Error>> {
+    ) -> Poll<Result<Accepted, Error>> {
         let listener = self.listener;
         // Sessions whose handshake finished join the hub.
         let closed = loop {

@@ -37,7 +37,7 @@ fn manager(path: &std::path::Path, sessions: usize) -> SessionManager {
 }
 
 #[test]
-fn streams_come_round_robin_from_every_session_and_go_back_to_their_pool() {
+fn pooled_streams_go_back_to_their_pool_and_are_handed_out_again() {
     let path = socket_path(&unique("mgr-rr"));
     let _server = echo_server(&path);
     let m = manager(&path, 4);

@@ -214,19 +214,23 @@ fn killed_worker(kind: &str) {
     let (pid_a, pid_b) = (a.child.id(), b.child.id());
 
     // A pool with sessions on both workers (which worker wins a connection is up to them).
+    // Each new thread is given the next session (a thread then keeps its own), so four
+    // threads reach all four.
     let mut salt = 0;
     let manager = (0..20)
-        .find_map(|_| {
+        .find_map(|round| {
             let m = Manager::new(kind, &sock);
-            let pids: Vec<u32> = (0..4)
-                .map(|_| {
-                    salt += 1;
-                    m.request(salt).unwrap()
-                })
-                .collect();
+            let pids: Vec<u32> = std::thread::scope(|scope| {
+                let m = &m;
+                let asks: Vec<_> = (0..4)
+                    .map(|k| scope.spawn(move || m.request(round * 10 + k).unwrap()))
+                    .collect();
+                asks.into_iter().map(|a| a.join().unwrap()).collect()
+            });
             (pids.contains(&pid_a) && pids.contains(&pid_b)).then_some(m)
         })
         .expect("the sessions never spread over both workers");
+    salt += 1000;
     let made = manager.made();
 
     let mut a = a;
