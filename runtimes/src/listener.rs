@@ -313,10 +313,7 @@ pub(crate) struct HubWait<'a> {
 
 impl HubWait<'_> {
     /// The next stream any hub session's peer opened, with its session.
-    pub(crate) fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Accepted, Error>> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Accepted, Error>> {
         let listener = self.listener;
         // Sessions whose handshake finished join the hub.
         let closed = loop {

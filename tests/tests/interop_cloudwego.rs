@@ -480,3 +480,57 @@ fn our_session_manager_echoes_through_their_server() {
     manager.close();
     rt.shutdown_timeout(Duration::from_secs(1));
 }
+
+/// Issue 9: our async pools (tokio and smol; 2 sessions, 8 concurrent tasks) against their
+/// server.
+#[test]
+fn our_async_session_managers_echo_through_their_server() {
+    for rt_name in ["tokio", "smol"] {
+        let sock = socket_path(&format!("interop-amgr-{rt_name}"));
+        let rt = runtime();
+        their_echo_server(&rt, &sock);
+        let mc = shmlink::ManagerConfig {
+            sessions: 2,
+            ..shmlink::ManagerConfig::default()
+        };
+        let run = |manager: shmlink::AsyncSessionManager| async move {
+            let tasks = (0..8).map(|k| {
+                let manager = manager.clone();
+                async move {
+                    for round in 0..3 {
+                        let mut stream = manager.get_stream().unwrap();
+                        stream.set_read_timeout(Some(Duration::from_secs(20)));
+                        for (i, &size) in SIZES[..4].iter().enumerate() {
+                            let body = shmlink_tests::payload(size, k * 100 + round * 10 + i);
+                            shmlink_tests::framed::send(&stream, &body).await.unwrap();
+                            let echo = shmlink_tests::framed::recv(&mut stream).await.unwrap();
+                            assert_eq!(echo.as_deref(), Some(&body[..]), "{rt_name} echo");
+                        }
+                    }
+                }
+            });
+            futures_util::future::join_all(tasks).await;
+            assert_eq!(manager.live_sessions(), 2);
+            manager.close();
+        };
+        if rt_name == "tokio" {
+            let manager = rt
+                .block_on(shmlink::tokio::manager(
+                    &sock,
+                    our_config(MemMode::Memfd),
+                    mc,
+                ))
+                .unwrap();
+            rt.block_on(run(manager));
+        } else {
+            let manager = shmlink_tests::exec::block_on(shmlink::smol::manager(
+                &sock,
+                our_config(MemMode::Memfd),
+                mc,
+            ))
+            .unwrap();
+            shmlink_tests::exec::block_on(run(manager));
+        }
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
