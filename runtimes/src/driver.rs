@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,8 @@ impl std::fmt::Debug for WaitSlot {
 pub(crate) struct Inner {
     /// Unique in this process: the `session` field of every log event about it.
     pub(crate) id: u64,
+    /// This session, for handing it to the monitor thread from `&self`.
+    me: Weak<Inner>,
     pub(crate) shm: Shm,
     state: Mutex<State>,
     machine: Mutex<Machine>,
@@ -220,6 +222,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn new(
+        me: Weak<Inner>,
         shm: Shm,
         conn: Conn,
         reactor: Box<dyn Reactor>,
@@ -233,6 +236,7 @@ impl Inner {
         Self {
             // SYNC: Relaxed; only uniqueness matters.
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            me,
             shm,
             version: core.version(),
             state: Mutex::new(State {
@@ -1247,8 +1251,10 @@ impl Inner {
                 tracing::warn!(target: "shmlink::session", session = self.id, reason = %reason.error(), "session closed");
             }
         }
-        if let Some((monitor, _)) = &self.settings.monitor {
-            crate::monitor::emit(&**monitor, self, true);
+        if self.settings.monitor.is_some() {
+            if let Some(me) = self.me.upgrade() {
+                crate::monitor::closed(me);
+            }
         }
     }
 

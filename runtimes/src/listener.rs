@@ -97,6 +97,8 @@ pub struct Listener {
     stop: Arc<AtomicBool>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
     tcp_addr: Option<std::net::SocketAddr>,
+    /// How long the listener's own sessions get to finish their streams on `close`.
+    grace: Duration,
 }
 
 impl Listener {
@@ -112,6 +114,10 @@ impl Listener {
     /// Serves on a unix socket that already listens: inherited from a parent, handed over by
     /// systemd's socket activation, or shared by several worker processes (each accepts
     /// whichever connections it wins). Its file is not removed on close.
+    ///
+    /// The socket is made non-blocking, and that flag belongs to the open socket, not to this
+    /// process: another process that shares it and accepts with a blocking `accept` gets
+    /// `EAGAIN` instead of waiting (shmlink's own listeners poll first).
     ///
     /// ```no_run
     /// # fn demo() -> Result<(), shmlink::Error> {
@@ -133,6 +139,7 @@ impl Listener {
 
     fn start(inner: socket::Listener, config: Config) -> Result<Self, Error> {
         let tcp_addr = inner.local_tcp_addr();
+        let grace = config.shutdown_timeout;
         let ready = Arc::new(Ready::default());
         let tx = Arc::clone(&ready);
         let counters = Arc::new(Counters::default());
@@ -151,6 +158,7 @@ impl Listener {
             stop,
             acceptor: Mutex::new(Some(acceptor)),
             tcp_addr,
+            grace,
         })
     }
 
@@ -271,14 +279,18 @@ impl Ready {
         true
     }
 
+    /// Closes the queue; sessions handshaken but not taken are closed (their clients see
+    /// the connection end, not silence).
     fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        let unclaimed = std::mem::take(&mut state.sessions);
         for w in state.wakers.drain(..) {
             w.wake();
         }
         drop(state);
         self.cv.notify_all();
+        drop(unclaimed);
     }
 }
 
@@ -291,6 +303,8 @@ struct Hub {
     sessions: Vec<Arc<Inner>>,
     /// Where the next poll starts, so that one busy session cannot starve the others.
     turn: usize,
+    /// The listener closed: a session whose handshake finishes now is closed, not served.
+    closed: bool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -319,7 +333,15 @@ impl HubWait<'_> {
         let closed = loop {
             match listener.poll_handshaken(cx) {
                 Poll::Ready(Ok(hs)) => match hs.start(self.runtime) {
-                    Ok(inner) => lock(&listener.hub).sessions.push(inner),
+                    Ok(inner) => {
+                        let mut hub = lock(&listener.hub);
+                        if hub.closed {
+                            drop(hub);
+                            inner.close_gracefully();
+                        } else {
+                            hub.sessions.push(inner);
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(target: "shmlink::listener", error = %e, "cannot start a session");
                     }
@@ -461,11 +483,15 @@ impl Listener {
         }
     }
 
-    /// Shuts the server down gracefully: stops accepting (as [`close`](Self::close)), then
-    /// lets the sessions the listener runs (those of [`accept_stream`](Self::accept_stream)
-    /// and `serve`) finish the streams already handed out, up to `timeout`, and closes them
-    /// once their clients took every reply. Streams a client opened but nobody accepted yet
-    /// fail on the client with a closed-session error, never silence.
+    /// Shuts the server down gracefully and waits for it: stops accepting (as
+    /// [`close`](Self::close)), then lets the sessions the listener runs (those of
+    /// [`accept_stream`](Self::accept_stream) and `serve`) finish the streams already handed
+    /// out, up to `timeout`, and closes them once their clients took every reply (up to
+    /// [`Config::shutdown_timeout`] more). Streams a client opened but nobody accepted fail on
+    /// the client with a closed-session error, never silence.
+    ///
+    /// A handler that keeps its stream for the next request (a pooled client's stream) holds
+    /// the shutdown for the whole `timeout`: requests that come meanwhile are still served.
     ///
     /// ```no_run
     /// # fn demo(listener: std::sync::Arc<shmlink::Listener>) {
@@ -474,36 +500,19 @@ impl Listener {
     /// # }
     /// ```
     pub fn shutdown(&self, timeout: Duration) {
-        self.close();
-        let sessions = std::mem::take(&mut lock(&self.hub).sessions);
-        let deadline = Instant::now() + timeout;
-        for s in &sessions {
-            s.begin_closing();
-        }
-        let mut pause = Duration::from_micros(100);
-        while Instant::now() < deadline && sessions.iter().any(|s| s.streams_in_use() > 0) {
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
-        std::thread::scope(|scope| {
-            for s in &sessions {
-                scope.spawn(move || s.close_gracefully());
-            }
-        });
+        self.stop_accepting();
+        drain_and_close(self.take_hub(), timeout);
     }
 
-    /// Stops accepting: the socket file is removed, handshakes still in flight are
-    /// abandoned, `accept` returns [`Error::ClosedLocally`]. Sessions already accepted are
-    /// not touched; they drain and close on their own. Dropping the listener does the same.
-    ///
-    /// ```no_run
-    /// # fn demo() -> Result<(), shmlink::Error> {
-    /// let listener = shmlink::Listener::bind("/tmp/svc.sock", shmlink::Config::default())?;
-    /// let session = listener.accept()?;
-    /// listener.close(); // no new clients; `session` keeps working
-    /// # Ok(()) }
-    /// ```
-    pub fn close(&self) {
+    /// The hub's sessions, taken for closing; sessions that finish their handshake later
+    /// are closed at once.
+    fn take_hub(&self) -> Vec<Arc<Inner>> {
+        let mut hub = lock(&self.hub);
+        hub.closed = true;
+        std::mem::take(&mut hub.sessions)
+    }
+
+    fn stop_accepting(&self) {
         // SYNC: Release; pairs with the acceptor loop's Acquire load of the stop flag.
         self.stop.store(true, Ordering::Release);
         let acceptor = self
@@ -517,14 +526,73 @@ impl Listener {
         }
         self.ready.close();
     }
+
+    /// Stops accepting: the socket file is removed, handshakes still in flight are
+    /// abandoned and sessions handshaken but not accepted are closed; `accept` and
+    /// `accept_stream` return [`Error::ClosedLocally`]. Sessions handed out by `accept` are
+    /// not touched. The sessions the listener runs itself (for `accept_stream` and `serve`)
+    /// shut down as with [`shutdown`](Self::shutdown) with [`Config::shutdown_timeout`] as the
+    /// grace, on a thread of their own (this returns at once). Dropping the listener does the
+    /// same.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), shmlink::Error> {
+    /// let listener = shmlink::Listener::bind("/tmp/svc.sock", shmlink::Config::default())?;
+    /// let session = listener.accept()?;
+    /// listener.close(); // no new clients; `session` keeps working
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self) {
+        self.stop_accepting();
+        let sessions = self.take_hub();
+        if sessions.is_empty() {
+            return;
+        }
+        let grace = self.grace;
+        let shared = Arc::new(Mutex::new(Some(sessions)));
+        let in_thread = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("shmlink-shutdown".into())
+            .spawn(move || {
+                if let Some(sessions) = lock(&in_thread).take() {
+                    drain_and_close(sessions, grace);
+                }
+            });
+        if spawned.is_err() {
+            if let Some(sessions) = lock(&shared).take() {
+                drain_and_close(sessions, grace);
+            }
+        }
+    }
+}
+
+/// Refuses new local streams on `sessions`, waits (up to `timeout`) until no stream handed
+/// out is still open, then closes them gracefully, in parallel.
+fn drain_and_close(sessions: Vec<Arc<Inner>>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for s in &sessions {
+        s.begin_closing();
+    }
+    let mut pause = Duration::from_micros(100);
+    while Instant::now() < deadline && sessions.iter().any(|s| s.streams_in_use() > 0) {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    std::thread::scope(|scope| {
+        for s in &sessions {
+            let spawned = std::thread::Builder::new()
+                .name("shmlink-close".into())
+                .spawn_scoped(scope, move || s.close_gracefully());
+            if spawned.is_err() {
+                s.close_gracefully();
+            }
+        }
+    });
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         self.close();
-        for s in std::mem::take(&mut lock(&self.hub).sessions) {
-            s.close_gracefully();
-        }
     }
 }
 

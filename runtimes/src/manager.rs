@@ -194,8 +194,10 @@ impl<S: Pooled> Pool<S> {
                 }
             }
         }
+        // SYNC: Relaxed; a counter, written by this thread only so far.
+        let made = pool.made.load(Ordering::Relaxed);
         match first_error {
-            Some(e) if pool.made.load(Ordering::Relaxed) == 0 => Err(e),
+            Some(e) if made == 0 => Err(e),
             _ => {
                 for (index, slot) in pool.slots.iter().enumerate() {
                     let mut slot = lock(slot);
@@ -209,8 +211,15 @@ impl<S: Pooled> Pool<S> {
     }
 
     fn install(&self, index: usize, inner: Arc<Inner>) {
-        tracing::info!(target: "shmlink::manager", path = %self.path.display(), slot = index, session = inner.id, "session ready");
         let mut slot = lock(&self.slots[index]);
+        // `close` sets the flag before it empties the slots: seen here under the slot's lock,
+        // a closing pool never keeps a session made meanwhile.
+        if self.is_closed() {
+            drop(slot);
+            inner.close_gracefully();
+            return;
+        }
+        tracing::info!(target: "shmlink::manager", path = %self.path.display(), slot = index, session = inner.id, "session ready");
         slot.session = Some(inner);
         slot.last_error = None;
         // SYNC: Relaxed; a counter.
@@ -280,11 +289,7 @@ impl<S: Pooled> Pool<S> {
             }
             match (pool.connect)(&pool.path, &pool.config) {
                 Ok(inner) => {
-                    if pool.is_closed() {
-                        inner.close_gracefully();
-                    } else {
-                        pool.install(index, inner);
-                    }
+                    pool.install(index, inner);
                     lock(&pool.slots[index]).rebuilding = false;
                     return;
                 }

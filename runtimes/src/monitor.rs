@@ -15,9 +15,9 @@ use crate::driver::{Inner, lock};
 
 /// Receives sessions' metrics: periodically, and once when a session closes.
 ///
-/// Called from the `shmlink-monitor` thread for the periodic reports and from the thread
-/// that closes the session for the last one; keep it short (hand the numbers to an
-/// exporter).
+/// Called from the `shmlink-monitor` thread, the last report of a session shortly after it
+/// closes; keep it short (hand the numbers to an exporter). A panic in it is caught and
+/// logged.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -74,6 +74,9 @@ struct Entry {
 #[derive(Default)]
 struct Registry {
     entries: Mutex<Vec<Entry>>,
+    /// Sessions that closed, for their last report (made on the monitor thread: the close
+    /// may run under locks a monitor must not meet).
+    closed: Mutex<Vec<Arc<Inner>>>,
     changed: Condvar,
 }
 
@@ -102,8 +105,24 @@ pub(crate) fn watch(session: &Arc<Inner>, interval: Duration) {
     registry.changed.notify_one();
 }
 
-/// One report to `monitor` about `session`.
-pub(crate) fn emit(monitor: &dyn Monitor, session: &Inner, closed: bool) {
+/// Queues `session`'s last report (and the flush) for the monitor thread.
+pub(crate) fn closed(session: Arc<Inner>) {
+    let registry = registry();
+    lock(&registry.closed).push(session);
+    // Under the entries lock: the monitor thread checks `closed` under it before it waits.
+    let _entries = lock(&registry.entries);
+    registry.changed.notify_one();
+}
+
+/// One report to `monitor` about `session`; a panicking monitor is logged, not fatal.
+fn emit(monitor: &dyn Monitor, session: &Inner, closed: bool) {
+    let report = std::panic::AssertUnwindSafe(|| emit_now(monitor, session, closed));
+    if std::panic::catch_unwind(report).is_err() {
+        tracing::warn!(target: "shmlink::monitor", session = session.id, "the monitor panicked");
+    }
+}
+
+fn emit_now(monitor: &dyn Monitor, session: &Inner, closed: bool) {
     let info = SessionInfo {
         id: session.id,
         is_client: session.is_client(),
@@ -142,7 +161,18 @@ fn run(registry: &Registry) {
                 emit(&**monitor, &session, false);
             }
         }
+        // Last reports after the periodic ones of the same turn: never a periodic report
+        // after a session's last.
+        let finished = std::mem::take(&mut *lock(&registry.closed));
+        for session in finished {
+            if let Some((monitor, _)) = &session.settings.monitor {
+                emit(&**monitor, &session, true);
+            }
+        }
         entries = lock(&registry.entries);
+        if !lock(&registry.closed).is_empty() {
+            continue;
+        }
         entries = match next {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());

@@ -456,7 +456,8 @@ impl Handshaken {
         };
         let core = core_session::Session::new(side, version, breaker);
         let peer = conn.peer();
-        let inner = Arc::new(Inner::new(shm, conn, reactor, core, settings));
+        let inner =
+            Arc::new_cyclic(|me| Inner::new(me.clone(), shm, conn, reactor, core, settings));
         tracing::info!(
             target: "shmlink::session",
             session = inner.id,

@@ -216,3 +216,36 @@ fn tokio_and_smol_accept_stream_cover_every_session() {
         acceptor.join().unwrap();
     }
 }
+
+/// After `close`, the listener's own sessions (those of `serve`) do not linger unserved: a
+/// stream a client opens then fails clearly within the grace, instead of waiting for ever.
+/// (They once stayed open with nobody accepting until the listener was dropped.)
+#[test]
+fn closing_a_serving_listener_ends_its_sessions_instead_of_leaving_them_silent() {
+    let path = socket_path(&unique("close-hub"));
+    let config = Config {
+        shutdown_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let listener = Arc::new(Listener::bind(&path, config).unwrap());
+    let server = {
+        let listener = Arc::clone(&listener);
+        std::thread::spawn(move || listener.serve(echo_stream))
+    };
+    let session = Session::connect(&path, Config::default()).unwrap();
+    let mut first = session.open_stream().unwrap();
+    check_echoes(&mut first, &[10], 0).unwrap();
+    drop(first);
+    listener.close();
+    server.join().unwrap().unwrap();
+    let mut late = session.open_stream().unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10)));
+    let start = std::time::Instant::now();
+    let outcome = shmlink_tests::send_framed(&late, b"anyone?")
+        .and_then(|()| shmlink_tests::recv_framed(&mut late));
+    assert!(
+        !matches!(outcome, Ok(Some(_)) | Err(Error::Timeout)),
+        "a stream opened after close got {outcome:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}

@@ -86,8 +86,15 @@ fn the_monitor_hears_every_interval_and_once_at_close() {
 
     drop(c);
     drop(client);
+    // The last report comes from the monitor thread, shortly after the close.
+    wait_until("the last report", || *recorder.flushes.lock().unwrap() == 1);
     let last = reports_of(true);
     assert_eq!(last.len(), 1, "exactly one final report");
+    assert_eq!(
+        recorder.reports.lock().unwrap().last().map(|r| r.0.closed),
+        Some(true),
+        "no periodic report after the last"
+    );
     assert_eq!(last[0].0.id, info.id);
     assert_eq!(*recorder.flushes.lock().unwrap(), 1);
     // A closed session is not reported again.

@@ -21,13 +21,61 @@ use super::{Reactor, Timer, recv_now};
 /// earliest deadline. Reset before every poll; the vector keeps its room, so the hot path
 /// does not allocate.
 struct Wait {
+    /// `block_on` runs on this thread: only then do reads register their socket (a read
+    /// outside it, as `available()` pumping, must not leave an fd here).
+    active: bool,
     sockets: Vec<Arc<OwnedFd>>,
     deadline: Option<Instant>,
+}
+
+/// Marks this thread as inside `block_on`; when it returns (or unwinds) `WAIT` is as it was
+/// before: empty outside any `block_on`, so that no socket stays registered (and open); the
+/// outer wait's registrations for a `block_on` nested in another's poll (a callback doing
+/// blocking I/O), so that the outer one still sleeps on its sockets.
+struct Active {
+    outer: Option<(Vec<Arc<OwnedFd>>, Option<Instant>)>,
+}
+
+impl Active {
+    fn enter() -> Self {
+        WAIT.with(|w| {
+            let mut w = w.borrow_mut();
+            let outer = w
+                .active
+                .then(|| (std::mem::take(&mut w.sockets), w.deadline.take()));
+            w.active = true;
+            Self { outer }
+        })
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        WAIT.with(|w| {
+            let mut w = w.borrow_mut();
+            match self.outer.take() {
+                Some((sockets, deadline)) => {
+                    w.sockets = sockets;
+                    w.deadline = deadline;
+                    // The inner loop reset the shared wake-up flag: the outer one polls again
+                    // rather than miss a wake-up that came meanwhile.
+                    // SYNC: SeqCst like every access to the flag (see wake_by_ref).
+                    PARKER.with(|p| p.notified.store(true, Ordering::SeqCst));
+                }
+                None => {
+                    w.active = false;
+                    w.sockets.clear();
+                    w.deadline = None;
+                }
+            }
+        });
+    }
 }
 
 thread_local! {
     static WAIT: RefCell<Wait> = const {
         RefCell::new(Wait {
+            active: false,
             sockets: Vec::new(),
             deadline: None,
         })
@@ -78,6 +126,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let waker = Waker::from(Arc::clone(&parker));
     let mut cx = Context::from_waker(&waker);
     let mut future = pin!(future);
+    let _active = Active::enter();
     loop {
         // SYNC: SeqCst like every access to the flag (see wake_by_ref).
         parker.notified.store(false, Ordering::SeqCst);
@@ -160,9 +209,9 @@ impl Reactor for BlockingReactor {
         match recv_now(&*self.fd, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 WAIT.with(|w| {
-                    let sockets = &mut w.borrow_mut().sockets;
-                    if !sockets.iter().any(|s| Arc::ptr_eq(s, &self.fd)) {
-                        sockets.push(Arc::clone(&self.fd));
+                    let mut w = w.borrow_mut();
+                    if w.active && !w.sockets.iter().any(|s| Arc::ptr_eq(s, &self.fd)) {
+                        w.sockets.push(Arc::clone(&self.fd));
                     }
                 });
                 Poll::Pending
