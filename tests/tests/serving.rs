@@ -348,20 +348,24 @@ fn graceful_shutdown_under_load(rt: &str) {
                     if before_stop && !matches!(outcome, Ok(Some(_))) {
                         // Sent to a running server: a graceful shutdown must answer it.
                         eprintln!("request sent before the shutdown failed: {outcome:?}");
+                        // SYNC: Relaxed; a counter, read after the threads are joined.
                         lost.fetch_add(1, Ordering::Relaxed);
                     }
                     // SYNC: Relaxed; counters and a flag read after joins or loosely.
                     match outcome {
                         Ok(Some(reply)) => {
                             assert_eq!(reply, body, "a reply to another request");
+                            // SYNC: Relaxed; a counter, read after the threads are joined.
                             ok.fetch_add(1, Ordering::Relaxed);
                             errors_in_a_row = 0;
                         }
                         Err(Error::Timeout) => {
+                            // SYNC: Relaxed; a counter, read after the threads are joined.
                             silent.fetch_add(1, Ordering::Relaxed);
                             errors_in_a_row += 1;
                         }
                         Ok(None) | Err(_) => {
+                            // SYNC: Relaxed; a counter, read after the threads are joined.
                             clear.fetch_add(1, Ordering::Relaxed);
                             errors_in_a_row += 1;
                         }
