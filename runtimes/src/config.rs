@@ -118,6 +118,17 @@ pub struct Config {
     /// user may connect). A stale socket file left by a dead listener is replaced; a live one
     /// makes `bind` fail.
     pub socket_mode: u32,
+    /// Accept only shared memory that cannot shrink under us (default false, since
+    /// shmipc-go never seals its memfds). A peer that truncates an unsealed region while we
+    /// have it mapped makes our next access to it raise SIGBUS, which kills this process;
+    /// with this set, a server refuses a client whose memfds are not sealed against shrinking
+    /// (shmlink's are) and refuses file mode, whose files cannot be sealed. See SECURITY.md.
+    pub require_sealed_memory: bool,
+    /// Talk only to processes of this user (default true): a unix-socket peer whose uid
+    /// (`SO_PEERCRED`) differs from this process's effective uid is refused, on both sides
+    /// of the handshake, with an error naming both uids and this setting. TCP peers have no
+    /// uid and are not checked.
+    pub same_user_only: bool,
     /// How long closing a session waits for the peer to take what is still queued for it
     /// (stream closes, data) before the socket closes (default 1 s). Without this wait a
     /// stream close queued just before the session close could be overtaken by the end of the
@@ -157,6 +168,8 @@ impl Default for Config {
             spin_window: Duration::from_micros(50),
             shutdown_timeout: Duration::from_secs(1),
             socket_mode: 0o600,
+            require_sealed_memory: false,
+            same_user_only: true,
             monitor: None,
             monitor_interval: Duration::from_secs(30),
         }

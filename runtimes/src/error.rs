@@ -101,6 +101,11 @@ pub enum Error {
     /// from (each is being rebuilt after its peer went away); says why the last rebuild failed.
     #[error("no session available: {0}")]
     Unavailable(String),
+
+    /// The peer is not one this process talks to (another user, or memory it cannot trust),
+    /// by a security setting the message names.
+    #[error("peer refused: {0}")]
+    PeerRefused(String),
     /// An I/O error from `Read`/`Write` that was not one of ours.
     #[error("i/o: {0}")]
     Io(std::io::Error),

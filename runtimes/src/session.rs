@@ -228,9 +228,25 @@ fn map_client_regions(
     buffer_path: &[u8],
     fds: Option<[std::os::fd::OwnedFd; 2]>,
     policy: &PeerFilePolicy<'_>,
+    require_sealed: bool,
 ) -> Result<Shm, Error> {
     let queue_name = String::from_utf8_lossy(queue_path).into_owned();
     let buffer_name = String::from_utf8_lossy(buffer_path).into_owned();
+    if require_sealed {
+        let unsealed = match &fds {
+            Some(fds) => fds
+                .iter()
+                .any(|fd| !SharedRegion::is_sealed_against_shrinking(fd)),
+            None => true,
+        };
+        if unsealed {
+            return Err(Error::PeerRefused(format!(
+                "the client's shared memory ({mode:?} mode) is not sealed against shrinking, \
+                 and Config::require_sealed_memory is set (a peer could truncate it and \
+                 crash this process with SIGBUS)"
+            )));
+        }
+    }
     let (queue, new_buffer_fd) = match (mode, fds) {
         (MemMode::Memfd, Some([buffer_fd, queue_fd])) => (
             SharedRegion::from_fd(queue_fd, &queue_name)?,
@@ -287,10 +303,26 @@ pub(crate) struct Handshaken {
     config: Config,
 }
 
+/// Refuses a unix-socket peer of another user unless `Config::same_user_only` is off.
+fn check_same_user(conn: &Conn, config: &Config, role: &str) -> Result<(), Error> {
+    if !config.same_user_only {
+        return Ok(());
+    }
+    let ours = rustix::process::geteuid().as_raw();
+    match conn.peer() {
+        Peer::Unix { uid, pid, .. } if uid != ours => Err(Error::PeerRefused(format!(
+            "the {role} (pid {pid}) runs as uid {uid}, this process as uid {ours}; \
+             Config::same_user_only is set"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the client side on an already connected socket: creates and formats the queue and
 /// buffer regions, then the handshake (bounded by `initialize_timeout`).
 pub(crate) fn client_handshake(conn: Conn, config: Config) -> Result<Handshaken, Error> {
     config.validate()?;
+    check_same_user(&conn, &config, "server")?;
     if config.mem_mode == MemMode::Memfd && !conn.is_unix() {
         return Err(TransportError::MemfdOverTcp.into());
     }
@@ -355,6 +387,7 @@ pub(crate) fn client_handshake(conn: Conn, config: Config) -> Result<Handshaken,
 /// Runs the server side of the handshake on an accepted socket and maps the client's
 /// regions. `config` supplies only the timeouts: the client decides the memory layout.
 pub(crate) fn server_handshake(conn: Conn, config: Config) -> Result<Handshaken, Error> {
+    check_same_user(&conn, &config, "client")?;
     let timeout = config.initialize_timeout;
     let deadline = Instant::now() + timeout;
     let to_err = handshake_err(timeout);
@@ -405,6 +438,7 @@ pub(crate) fn server_handshake(conn: Conn, config: Config) -> Result<Handshaken,
                     &buffer_path,
                     fds.take(),
                     &policy,
+                    config.require_sealed_memory,
                 )?);
                 hs.step(Input::Mapped)?
             }

@@ -386,3 +386,96 @@ fn a_chain_announced_again_in_another_session_of_the_same_region_is_refused() {
     drop(view);
     assert!(!a.is_closed(), "session A is not affected");
 }
+
+/// Issue 10, item 7: by default a server talks only to processes of its own user
+/// (`SO_PEERCRED`); another user's client is refused, naming both uids and the setting, and
+/// `Config::same_user_only = false` lets it in. Needs root to run the client as another user
+/// (uid 65534); without root it says so and checks nothing.
+#[test]
+fn a_client_of_another_user_is_refused_unless_allowed() {
+    use std::os::unix::process::CommandExt;
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("SKIPPED: running a peer as another user needs root");
+        return;
+    }
+    const PEER: &str = env!("CARGO_BIN_EXE_shmlink-rt-peer");
+    let client_as_nobody = |path: &std::path::Path, extra: &[&str]| {
+        std::process::Command::new(PEER)
+            .args([
+                "blocking",
+                "client",
+                path.to_str().unwrap(),
+                "--sizes",
+                "10,5000",
+            ])
+            .args(extra)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The socket must be reachable by that user for the check to be what refuses it.
+    let open = Config {
+        socket_mode: 0o666,
+        ..Config::default()
+    };
+
+    let path = sock("other-user");
+    let listener = Listener::bind(&path, open.clone()).unwrap();
+    let child = client_as_nobody(&path, &[]);
+    let failures = wait_failures(&listener, 1);
+    assert!(
+        failures.iter().any(|f| f.error.contains("same_user_only")
+            && f.error.contains("uid 65534")
+            && f.error.contains("uid 0")),
+        "{failures:?}"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the refused client must fail");
+    drop(listener);
+
+    let path = sock("other-user-allowed");
+    let listener = Listener::bind(
+        &path,
+        Config {
+            same_user_only: false,
+            ..open
+        },
+    )
+    .unwrap();
+    // Both sides allow it (the client checks the server's user too).
+    let child = client_as_nobody(&path, &["--any-user"]);
+    let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
+    let server = std::thread::spawn(move || shmlink_tests::echo_session(&session, None));
+    shmlink_tests::wait_success(child, Duration::from_secs(60));
+    assert!(server.join().unwrap().unwrap() > 0);
+
+    // And a client checks its server: one run by another user is refused.
+    let path = sock("other-user-server");
+    let mut server = std::process::Command::new(PEER)
+        .args(["blocking", "server", path.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    match Session::connect(&path, Config::default()) {
+        Err(Error::PeerRefused(why)) => {
+            assert!(why.contains("server") && why.contains("uid 65534"), "{why}");
+        }
+        other => panic!("a server of another user was not refused: {other:?}"),
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&path);
+}

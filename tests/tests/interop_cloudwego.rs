@@ -534,3 +534,50 @@ fn our_async_session_managers_echo_through_their_server() {
         rt.shutdown_timeout(Duration::from_secs(1));
     }
 }
+
+/// Issue 10, item 7: shmipc (Go, and CloudWeGo's crate) never seals its memfds, so a peer
+/// could truncate them under our mapping (SIGBUS). A server with
+/// `Config::require_sealed_memory` refuses their client, naming the setting, and still
+/// accepts ours (sealed against shrinking and growing); by default theirs is accepted (the
+/// other interop tests).
+#[test]
+fn a_server_that_requires_sealed_memory_refuses_unsealed_clients_and_accepts_ours() {
+    let sock = socket_path("interop-sealed");
+    let strict = Config {
+        require_sealed_memory: true,
+        ..Config::default()
+    };
+    let listener = Listener::bind(&sock, strict).unwrap();
+    let ours = shmlink::Session::connect(&sock, our_config(MemMode::Memfd)).unwrap();
+    let served = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    let mut c = ours.open_stream().unwrap();
+    std::io::Write::write_all(&mut c, b"sealed").unwrap();
+    let mut s = served.accept_stream(Some(Duration::from_secs(10))).unwrap();
+    let mut got = [0u8; 6];
+    std::io::Read::read_exact(&mut s, &mut got).unwrap();
+    assert_eq!(&got, b"sealed");
+
+    let rt = runtime();
+    let prefix = format!("/dev/shm/{}", unique("interop-sealed"));
+    let config = their_config(MemMapType::MemMapTypeMemFd, &prefix, false);
+    let theirs = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            SessionManager::new(
+                config,
+                DefaultUnixConnect,
+                SocketAddr::from_pathname(&sock).unwrap(),
+            ),
+        )
+        .await
+    });
+    let failures = shmlink_tests::wait_failures(&listener, 1);
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.error.contains("require_sealed_memory") && f.error.contains("sealed")),
+        "{failures:?}"
+    );
+    drop(theirs); // their handshake failed or their session is closed: nothing to use
+    rt.shutdown_timeout(Duration::from_secs(1));
+}

@@ -246,7 +246,14 @@ impl SharedRegion {
         Ok(region)
     }
 
-    /// Maps a region received from the peer as an fd (memfd mode).
+    /// Whether `fd` is a memfd sealed against shrinking: then no process can truncate it
+    /// under our mapping (which would turn our next access into SIGBUS). Go never seals;
+    /// files cannot be sealed.
+    pub fn is_sealed_against_shrinking(fd: &OwnedFd) -> bool {
+        rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK))
+    }
+
+    /// Maps a region received from the peer as an fd (memfd mode), its whole size (checked).
     pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Self, RegionError> {
         let len = peer_size(&fd, name)?;
         Self::map(fd, name.to_owned(), len, None)

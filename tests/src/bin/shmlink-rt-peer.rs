@@ -4,6 +4,7 @@
 //! ```text
 //! shmlink-rt-peer <blocking|tokio|smol> client <socket> [--devshm --prefix P] [--streams N]
 //!                 [--sizes a,b,c] [--buffer BYTES] [--policy wait|fallback|error] [--slow N]
+//!                 [--any-user]
 //! shmlink-rt-peer <blocking|tokio|smol> server <socket> [--sessions N]
 //! shmlink-rt-peer <blocking|tokio|smol> reader <socket>
 //! ```
@@ -73,6 +74,9 @@ fn main() {
     }
     if let Some(buffer) = arg::<usize>(&args, "--buffer") {
         config.buffer_capacity = buffer;
+    }
+    if args.iter().any(|a| a == "--any-user") {
+        config.same_user_only = false;
     }
     config.on_exhaustion = match arg::<String>(&args, "--policy").as_deref() {
         Some("wait") => Exhaustion::Wait,
