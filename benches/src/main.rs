@@ -414,46 +414,13 @@ fn run_scale(plan: &Plan, report: &mut Report) -> Result<(), String> {
         for _ in 0..streams {
             opened.push(session.open_stream().map_err(|e| e.to_string())?);
         }
-        let budget = plan.stream_budget;
-        let start = Instant::now();
-        let samples: Vec<Result<Vec<u64>, String>> = std::thread::scope(|s| {
-            let workers: Vec<_> = opened
-                .into_iter()
-                .map(|mut stream| {
-                    s.spawn(move || {
-                        let mut rtts = Vec::new();
-                        let mut fill = 1u8;
-                        while start.elapsed() < budget || rtts.is_empty() {
-                            fill = if fill >= 250 { 1 } else { fill + 1 };
-                            let t = Instant::now();
-                            let mut single = transports::StreamRef(&mut stream);
-                            let sum = single.round_trip(64, fill).map_err(|e| e.to_string())?;
-                            rtts.push(t.elapsed().as_nanos() as u64);
-                            check(sum, 64, fill)?;
-                        }
-                        Ok(rtts)
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err("worker panicked".into())))
-                .collect()
-        });
-        let elapsed = start.elapsed();
-        let mut all = Vec::new();
-        for s in samples {
-            all.extend(s?);
-        }
+        let sc = timed_workers(opened, plan.stream_budget, |stream, fill| {
+            transports::StreamRef(stream)
+                .round_trip(64, fill)
+                .map_err(|e| e.to_string())
+        })?;
         drop(client);
         peer.finish();
-        all.sort_unstable();
-        let sc = Scale {
-            streams,
-            rate: all.len() as f64 / elapsed.as_secs_f64(),
-            p99_ns: percentile(&all, 0.99),
-            median_ns: percentile(&all, 0.5),
-        };
         eprintln!(
             "streams {:>5}: {:>10.0} round trips/s, p99 {}",
             streams,
@@ -463,6 +430,54 @@ fn run_scale(plan: &Plan, report: &mut Report) -> Result<(), String> {
         report.scale.push(sc);
     }
     Ok(())
+}
+
+/// Runs one thread per item, each timing 64 B round trips (`op` returns the reply's
+/// checksum, checked) until `budget` has passed and it made at least one: all threads'
+/// rate and percentiles; `streams` counts the threads.
+fn timed_workers<T: Send>(
+    items: Vec<T>,
+    budget: Duration,
+    op: impl Fn(&mut T, u8) -> Result<u64, String> + Sync,
+) -> Result<Scale, String> {
+    let threads = items.len();
+    let start = Instant::now();
+    let samples: Vec<Result<Vec<u64>, String>> = std::thread::scope(|s| {
+        let workers: Vec<_> = items
+            .into_iter()
+            .map(|mut item| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut rtts = Vec::new();
+                    let mut fill = 1u8;
+                    while start.elapsed() < budget || rtts.is_empty() {
+                        fill = if fill >= 250 { 1 } else { fill + 1 };
+                        let t = Instant::now();
+                        let sum = op(&mut item, fill)?;
+                        rtts.push(t.elapsed().as_nanos() as u64);
+                        check(sum, 64, fill)?;
+                    }
+                    Ok(rtts)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut all = Vec::new();
+    for s in samples {
+        all.extend(s?);
+    }
+    all.sort_unstable();
+    Ok(Scale {
+        streams: threads,
+        rate: all.len() as f64 / elapsed.as_secs_f64(),
+        p99_ns: percentile(&all, 0.99),
+        median_ns: percentile(&all, 0.5),
+    })
 }
 
 /// Sessions in the pooled client's pool.
@@ -484,50 +499,21 @@ fn run_pooled(plan: &Plan, report: &mut Report) -> Result<(), String> {
             },
         )
         .map_err(|e| e.to_string())?;
-        let budget = plan.stream_budget;
-        let start = Instant::now();
-        let samples: Vec<Result<Vec<u64>, String>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    let manager = &manager;
-                    s.spawn(move || {
-                        let mut rtts = Vec::new();
-                        let mut fill = 1u8;
-                        while start.elapsed() < budget || rtts.is_empty() {
-                            fill = if fill >= 250 { 1 } else { fill + 1 };
-                            let t = Instant::now();
-                            let mut stream = manager.get_stream().map_err(|e| e.to_string())?;
-                            let sum = transports::StreamRef(&mut stream)
-                                .round_trip(64, fill)
-                                .map_err(|e| e.to_string())?;
-                            drop(stream); // back to the pool, inside the timed request
-                            rtts.push(t.elapsed().as_nanos() as u64);
-                            check(sum, 64, fill)?;
-                        }
-                        Ok(rtts)
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err("worker panicked".into())))
-                .collect()
-        });
-        let elapsed = start.elapsed();
-        let mut all = Vec::new();
-        for s in samples {
-            all.extend(s?);
-        }
+        let p = timed_workers(
+            vec![&manager; threads],
+            plan.stream_budget,
+            |manager, fill| {
+                let mut stream = manager.get_stream().map_err(|e| e.to_string())?;
+                let sum = transports::StreamRef(&mut stream)
+                    .round_trip(64, fill)
+                    .map_err(|e| e.to_string());
+                drop(stream); // back to the pool, inside the timed request
+                sum
+            },
+        )?;
         manager.close();
         drop(manager);
         peer.finish();
-        all.sort_unstable();
-        let p = Scale {
-            streams: threads,
-            rate: all.len() as f64 / elapsed.as_secs_f64(),
-            p99_ns: percentile(&all, 0.99),
-            median_ns: percentile(&all, 0.5),
-        };
         eprintln!(
             "pooled, {:>3} threads: {:>10.0} requests/s, p99 {}",
             threads,
