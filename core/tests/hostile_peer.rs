@@ -302,3 +302,24 @@ fn a_chain_announced_again_after_we_recycled_it_is_refused_but_a_reallocated_sli
         .unwrap();
     assert!(fresh.iter().any(|d| d.starts_with("Shm")), "{fresh:?}");
 }
+
+#[test]
+fn a_length_one_past_the_slice_is_refused_not_delivered() {
+    let mapping = Mapping::zeroed(64 << 10);
+    let m = ours(&mapping);
+    let peer = theirs(&mapping);
+    let slice = peer_sends(&peer, &[3])[0];
+    mapping.poke(slice as usize + 4, &(SLICE + 1).to_ne_bytes());
+    let mut server = Session::new(Side::Server, 3, 0);
+    let mut got = Vec::new();
+    let err = server
+        .on_element(Element::data(2, slice), &m, &mut record(&mut got))
+        .expect_err("a length past the slice must be refused");
+    assert!(got.is_empty(), "{got:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("bad slice at offset {slice}")),
+        "{text}"
+    );
+    assert!(text.contains("exceeds the slice capacity"), "{text}");
+}

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use shmlink_core::buffer::Segment;
+use shmlink_core::buffer::{BufferError, Segment};
 use shmlink_core::frame::{Frame, FrameDecoder, Message};
 use shmlink_core::queue::{Drain, Element, QueueError, Wake as QueueWake};
 use shmlink_core::session::{self as core_session, CloseAction, Delivery, Metrics, Piece};
@@ -620,6 +620,13 @@ impl Inner {
                 Poll::Ready(Ok(0)) => {
                     // Whatever the peer pushed before it closed is delivered first.
                     self.drain_queue()?;
+                    let cut = m.decoder.pending();
+                    if cut > 0 {
+                        return Err(CloseReason::Violation(format!(
+                            "the peer closed the connection in the middle of a frame \
+                             ({cut} bytes of it received)"
+                        )));
+                    }
                     return Err(CloseReason::Peer);
                 }
                 Poll::Ready(Ok(n)) => {
@@ -1108,6 +1115,12 @@ impl Inner {
             _ => CloseReason::Lost(format!("socket write failed: {e}")),
         };
         self.fail_send(reason)
+    }
+
+    /// Shared memory the peer corrupted (a free list that hands out a slice we hold, a bad
+    /// list header): the session closes naming it, and the caller gets the same error.
+    pub(crate) fn fail_buffers(&self, e: BufferError) -> Error {
+        self.fail_send(CloseReason::Violation(e.to_string()))
     }
 
     fn fail_send(&self, reason: CloseReason) -> Error {

@@ -247,7 +247,7 @@ impl Link {
                     pause = (pause * 2).min(Duration::from_millis(2));
                     self.route()?;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.inner.fail_buffers(e)),
             }
         }
     }
@@ -388,7 +388,7 @@ impl Link {
                     Exhaustion::Wait => Ok(None),
                 };
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.inner.fail_buffers(e)),
         }
         let mut r =
             Reservation::<Async>::new(self, data.len(), Reserved::Shm(taken), Duration::ZERO);
