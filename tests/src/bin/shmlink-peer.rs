@@ -5,7 +5,16 @@
 //! shmlink-peer client <socket> --memfd|--devshm --prefix P [--sessions N] [--streams N]
 //!                     [--sizes a,b,c] [--repeat R] [--expect-close-after K]
 //! ```
+//! shmlink-peer die <client|server> <socket> <handshake|busy|hold> [--devshm] [--prefix P]
+//! ```
 //! Exits 0 only if every echo matched (client) or every session ended cleanly (server).
+//!
+//! `die` is the peer that the peer-death tests kill -9: it reaches its phase, prints `ready`,
+//! and stays in it until killed. `handshake`: stops half way through the handshake (a client
+//! after its first frame; a server after asking for the fds, which stay in flight). `busy`:
+//! one stream carrying 1 MiB messages to the other side while a second thread reads
+//! everything the other side sends. `hold`: reads and keeps every message (the slices stay
+//! held) and never writes.
 
 use shmlink::{Config, Listener, MemMode, Session};
 use shmlink_tests::{check_echoes, echo_session, payload, recv_framed, send_framed};
@@ -22,7 +31,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("server") => server(&args),
         Some("client") => client(&args),
-        _ => Err("usage: shmlink-peer server|client <socket> ...".to_owned()),
+        Some("die") => die(&args),
+        _ => Err("usage: shmlink-peer server|client|die <socket> ...".to_owned()),
     };
     if let Err(e) = result {
         eprintln!("shmlink-peer: {e}");
@@ -128,4 +138,85 @@ fn client(args: &[String]) -> Result<(), String> {
         w.join().map_err(|_| "session thread panicked")??;
     }
     Ok(())
+}
+
+/// Stays in the given phase until killed (see the module docs).
+fn die(args: &[String]) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let role = args.get(1).ok_or("missing role")?.as_str();
+    let path = args.get(2).ok_or("missing socket path")?.clone();
+    let phase = args.get(3).ok_or("missing phase")?.as_str();
+    let forever = || -> ! {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    };
+    // The 8-byte frames of the handshake, as shmipc writes them.
+    let frame = |kind: u8| [0, 0, 0, 8, 0x77, 0x58, 3, kind];
+    if phase == "handshake" {
+        if role == "client" {
+            let mut conn =
+                std::os::unix::net::UnixStream::connect(&path).map_err(|e| e.to_string())?;
+            conn.write_all(&frame(4)).map_err(|e| e.to_string())?;
+            println!("ready");
+            forever();
+        }
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| e.to_string())?;
+        println!("listening");
+        let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut head = [0u8; 8];
+        conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+        conn.write_all(&frame(4)).map_err(|e| e.to_string())?;
+        // The paths frame: its length, then the rest.
+        conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let mut rest = vec![0u8; len.saturating_sub(8)];
+        conn.read_exact(&mut rest).map_err(|e| e.to_string())?;
+        conn.write_all(&frame(7)).map_err(|e| e.to_string())?;
+        println!("ready");
+        forever();
+    }
+    let mut config = Config::default();
+    if args.iter().any(|a| a == "--devshm") {
+        config.mem_mode = MemMode::File;
+    }
+    if let Some(prefix) = arg::<String>(args, "--prefix") {
+        config.path_prefix = prefix;
+    }
+    // Two streams: on `down` the peer (this process) writes, on `up` the other side does.
+    // The client opens both and says "go" on each, so the server accepts them in order.
+    let (_listener, _session, down, mut up) = if role == "client" {
+        let session = Session::connect(&path, config).map_err(|e| e.to_string())?;
+        let down = session.open_stream().map_err(|e| e.to_string())?;
+        send_framed(&down, b"go").map_err(|e| e.to_string())?;
+        let up = session.open_stream().map_err(|e| e.to_string())?;
+        send_framed(&up, b"go").map_err(|e| e.to_string())?;
+        (None, session, down, up)
+    } else {
+        let listener = Listener::bind(&path, config).map_err(|e| e.to_string())?;
+        println!("listening");
+        let session = listener.accept().map_err(|e| e.to_string())?;
+        let down = session.accept_stream(None).map_err(|e| e.to_string())?;
+        let up = session.accept_stream(None).map_err(|e| e.to_string())?;
+        (Some(listener), session, down, up)
+    };
+    match phase {
+        "busy" => {
+            std::thread::spawn(move || while let Ok(Some(_)) = up.read_view() {});
+            println!("ready");
+            let body = payload(1 << 20, 1);
+            loop {
+                send_framed(&down, &body).map_err(|e| e.to_string())?;
+            }
+        }
+        "hold" => {
+            println!("ready");
+            let mut held = Vec::new();
+            while let Ok(Some(view)) = up.read_view() {
+                held.push(view);
+            }
+            forever();
+        }
+        other => Err(format!("unknown phase {other}")),
+    }
 }
