@@ -146,6 +146,20 @@ pub struct Config {
     pub monitor: Option<std::sync::Arc<dyn crate::Monitor>>,
     /// How often the monitor hears from each session (default 30 s, as Go).
     pub monitor_interval: Duration,
+    /// Closes the session when the peer has taken nothing we sent it for this long
+    /// (default none: never). A peer that hangs without dying (its process stopped, its
+    /// event loop stuck) keeps the socket open, so no error ever comes by itself; with this
+    /// set, a session whose queue or socket holds something for the peer that it has not
+    /// touched for `peer_stall_timeout` closes with [`Error::ConnectionLost`](crate::Error)
+    /// naming the silence, and every pending read and write fails with it.
+    ///
+    /// An idle peer is not a stalled one: shmipc has no heartbeat frame (Go answers none),
+    /// so a session with nothing outstanding is never closed by this check. The peer's
+    /// consumer takes queued elements whenever it is woken, whatever its application does
+    /// with them, so a live peer (ours, Go's or CloudWeGo's) always makes progress. Checked
+    /// every quarter of the timeout (at most every 250 ms) by the process-wide
+    /// `shmlink-monitor` thread.
+    pub peer_stall_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -172,6 +186,7 @@ impl Default for Config {
             same_user_only: true,
             monitor: None,
             monitor_interval: Duration::from_secs(30),
+            peer_stall_timeout: None,
         }
     }
 }
@@ -206,6 +221,9 @@ impl Config {
         }
         if self.initialize_timeout.is_zero() {
             return bad("initialize_timeout is zero".to_owned());
+        }
+        if self.peer_stall_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("peer_stall_timeout is zero (use None to turn the check off)".to_owned());
         }
         if self.max_frame_len < 4096 {
             return bad(format!(

@@ -1117,6 +1117,23 @@ impl Inner {
         self.fail_send(reason)
     }
 
+    /// How far the peer has got with what we sent it: whether anything waits for it (in our
+    /// send queue or in the socket's out buffer) and how many elements it has taken so far.
+    pub(crate) fn peer_progress(&self) -> (bool, i64, usize) {
+        let queue = self.shm.send.queue();
+        let queued = !queue.is_empty().unwrap_or(true);
+        let out = lock(&self.out).len();
+        (queued || out > 0, queue.stats().head, out)
+    }
+
+    /// Closes the session because the peer has taken nothing for `silent`.
+    pub(crate) fn stalled(&self, silent: Duration) {
+        self.shutdown(CloseReason::Lost(format!(
+            "the peer took nothing we sent for {silent:?} (peer_stall_timeout): \
+             it is alive but not reading"
+        )));
+    }
+
     /// Shared memory the peer corrupted (a free list that hands out a slice we hold, a bad
     /// list header): the session closes naming it, and the caller gets the same error.
     pub(crate) fn fail_buffers(&self, e: BufferError) -> Error {

@@ -5,7 +5,8 @@
 //!
 //! Sessions have no threads of their own, so the periodic reports come from one
 //! process-wide thread (`shmlink-monitor`), started when the first monitored session starts.
-//! It holds sessions weakly: a dropped session leaves its list by itself.
+//! It holds sessions weakly: a dropped session leaves its list by itself. The same thread
+//! runs the peer-stall check ([`Config::peer_stall_timeout`](crate::Config)).
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -69,6 +70,49 @@ pub struct SessionInfo {
 struct Entry {
     session: Weak<Inner>,
     due: Instant,
+    duty: Duty,
+}
+
+enum Duty {
+    /// Periodic metrics reports.
+    Report,
+    /// The peer-stall check; its state is looked at outside the registry lock (reading a
+    /// session's progress takes the session's own locks).
+    Progress(Arc<Mutex<Progress>>),
+}
+
+/// What the peer had taken when last seen, and since when something has waited for it
+/// with nothing taken (first seen at a check, so the silence is never overestimated).
+struct Progress {
+    timeout: Duration,
+    head: i64,
+    out: usize,
+    since: Option<Instant>,
+}
+
+impl Progress {
+    fn every(&self) -> Duration {
+        (self.timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250))
+    }
+
+    /// Looks at the session; `Some(silence)` once the peer has taken nothing for the timeout
+    /// while something waited for it.
+    fn check(&mut self, session: &Inner, now: Instant) -> Option<Duration> {
+        let (waiting, head, out) = session.peer_progress();
+        let moved = head != self.head || out < self.out;
+        self.head = head;
+        self.out = out;
+        if !waiting {
+            self.since = None;
+            return None;
+        }
+        if moved || self.since.is_none() {
+            self.since = Some(now);
+            return None;
+        }
+        let silent = now.saturating_duration_since(self.since.unwrap_or(now));
+        (silent >= self.timeout).then_some(silent)
+    }
 }
 
 #[derive(Default)]
@@ -97,11 +141,31 @@ fn registry() -> &'static Registry {
 
 /// Reports `session` every `interval` until it closes or is dropped.
 pub(crate) fn watch(session: &Arc<Inner>, interval: Duration) {
-    let registry = registry();
-    lock(&registry.entries).push(Entry {
+    add(Entry {
         session: Arc::downgrade(session),
         due: Instant::now() + interval,
+        duty: Duty::Report,
     });
+}
+
+/// Closes `session` if the peer takes nothing it was sent for `timeout`.
+pub(crate) fn watch_progress(session: &Arc<Inner>, timeout: Duration) {
+    let progress = Progress {
+        timeout,
+        head: i64::MIN,
+        out: 0,
+        since: None,
+    };
+    add(Entry {
+        session: Arc::downgrade(session),
+        due: Instant::now() + progress.every(),
+        duty: Duty::Progress(Arc::new(Mutex::new(progress))),
+    });
+}
+
+fn add(entry: Entry) {
+    let registry = registry();
+    lock(&registry.entries).push(entry);
     registry.changed.notify_one();
 }
 
@@ -139,6 +203,7 @@ fn run(registry: &Registry) {
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
+        let mut checks = Vec::new();
         entries.retain_mut(|e| {
             let Some(session) = e.session.upgrade() else {
                 return false;
@@ -147,15 +212,30 @@ fn run(registry: &Registry) {
                 return false; // its last report came from the close
             }
             if e.due <= now {
-                let interval = session.settings.monitor.as_ref().map(|m| m.1);
-                e.due = now + interval.unwrap_or(Duration::from_secs(30));
-                due.push(session);
+                match &e.duty {
+                    Duty::Report => {
+                        let interval = session.settings.monitor.as_ref().map(|m| m.1);
+                        e.due = now + interval.unwrap_or(Duration::from_secs(30));
+                        due.push(session);
+                    }
+                    Duty::Progress(progress) => {
+                        e.due = now + lock(progress).every();
+                        checks.push((session, Arc::clone(progress)));
+                    }
+                }
             }
             true
         });
         let next = entries.iter().map(|e| e.due).min();
-        // Reports run without the lock: a monitor may take its time, sessions may start.
+        // Reports and checks run without the lock: a monitor may take its time, sessions may
+        // start, and a session's own locks are never taken under the registry's.
         drop(entries);
+        for (session, progress) in checks {
+            let silent = lock(&progress).check(&session, now);
+            if let Some(silent) = silent {
+                session.stalled(silent);
+            }
+        }
         for session in due {
             if let Some((monitor, _)) = &session.settings.monitor {
                 emit(&**monitor, &session, false);

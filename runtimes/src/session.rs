@@ -504,6 +504,9 @@ impl Handshaken {
         if inner.settings.monitor.is_some() {
             crate::monitor::watch(&inner, config.monitor_interval);
         }
+        if let Some(timeout) = config.peer_stall_timeout {
+            crate::monitor::watch_progress(&inner, timeout);
+        }
         Ok(inner)
     }
 }

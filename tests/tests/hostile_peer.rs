@@ -305,10 +305,15 @@ fn serve_echo(listener: &Listener) -> std::thread::JoinHandle<()> {
 }
 
 fn arena(ours: Ours) -> Arena {
+    arena_with(ours, config())
+}
+
+/// An arena whose victim session (ours) has `victim` as its configuration.
+fn arena_with(ours: Ours, victim: Config) -> Arena {
     match ours {
         Ours::Server => {
             let path = sock("hostile-srv");
-            let listener = Listener::bind(&path, config()).unwrap();
+            let listener = Listener::bind(&path, victim).unwrap();
             // The healthy client first, so that the accepts come in a known order.
             let healthy = Session::connect(&path, config()).unwrap();
             let echo = serve_echo(&listener);
@@ -335,7 +340,7 @@ fn arena(ours: Ours) -> Arena {
             let path = sock("hostile-cli");
             let raw_listener = raw::Listener::bind_unix(&path).unwrap();
             let accept = std::thread::spawn(move || (RawPeer::accept(&raw_listener), raw_listener));
-            let victim = Session::connect(&path, config()).unwrap();
+            let victim = Session::connect(&path, victim).unwrap();
             let (raw, raw_listener) = accept.join().unwrap();
             let mut stream = victim.open_stream().unwrap();
             stream.set_read_timeout(Some(WAIT));
@@ -707,6 +712,105 @@ fn a_peer_that_stops_reading() {
         assert_eq!(&a.stream.read_view().unwrap().unwrap()[..], b"still here");
         a.healthy_still_works();
     }
+}
+
+/// With `Exhaustion::Wait`, a write that finds no room waits for the peer to make some, up
+/// to the write timeout, then fails with `Timeout`; the session stays open.
+#[test]
+fn a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline() {
+    for ours in [Ours::Server, Ours::Client] {
+        let mut a = arena_with(
+            ours,
+            Config {
+                on_exhaustion: shmlink::Exhaustion::Wait,
+                write_timeout: Duration::from_millis(300),
+                ..config()
+            },
+        );
+        let mut waited = None;
+        for _ in 0..1000 {
+            let start = Instant::now();
+            if let Err(e) = a.stream.send(&[7u8; 100]) {
+                waited = Some((e, start.elapsed()));
+                break;
+            }
+        }
+        let (err, took) = waited.expect("writes never failed");
+        eprintln!("our {ours:?}: {err} after {took:?}");
+        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert!(!a.victim.is_closed());
+        a.healthy_still_works();
+    }
+}
+
+/// `Config::peer_stall_timeout`: a peer that is alive (socket open) but takes nothing we
+/// send is closed after the configured silence, and a pending read fails naming it.
+#[test]
+fn a_hanging_peer_is_closed_after_the_configured_silence() {
+    for ours in [Ours::Server, Ours::Client] {
+        let mut a = arena_with(
+            ours,
+            Config {
+                peer_stall_timeout: Some(Duration::from_millis(300)),
+                ..config()
+            },
+        );
+        // Quiet for longer than the timeout: nothing is owed, nothing closes.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!a.victim.is_closed(), "an idle peer is not a stalled one");
+        // Now the peer owes us: it never takes this.
+        a.stream.send(b"are you there?").unwrap();
+        let sent = Instant::now();
+        a.stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let err = a
+            .stream
+            .read_view()
+            .expect_err("the hanging peer is never noticed");
+        let took = sent.elapsed();
+        eprintln!("our {ours:?}: {err} after {took:?}");
+        assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
+        assert!(err.to_string().contains("peer_stall_timeout"), "{err}");
+        assert!(
+            took >= Duration::from_millis(290),
+            "closed too early: {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(1500),
+            "closed too late: {took:?}"
+        );
+        assert!(a.victim.is_closed());
+        assert!(a.raw.sees_close());
+        a.healthy_still_works();
+    }
+}
+
+/// The stall check leaves a live peer alone however busy or idle: a session echoing through
+/// our own server with a short timeout, with idle gaps longer than the timeout.
+#[test]
+fn the_stall_check_leaves_live_peers_alone() {
+    let path = sock("stall-live");
+    let config = Config {
+        peer_stall_timeout: Some(Duration::from_millis(100)),
+        ..config()
+    };
+    let listener = Listener::bind(&path, config.clone()).unwrap();
+    let client = Session::connect(&path, config).unwrap();
+    let server = listener.accept_timeout(WAIT).unwrap();
+    let echo = std::thread::spawn(move || echo_session(&server, None));
+    let mut stream = client.open_stream().unwrap();
+    stream.set_read_timeout(Some(WAIT));
+    for round in 0..4 {
+        check_echoes(&mut stream, &[1, 5000, 70_000, 300_000], round).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!client.is_closed());
+    drop(stream);
+    drop(client);
+    echo.join().unwrap().unwrap();
 }
 
 // ---- the handshake, hostile in each role ----
