@@ -119,3 +119,176 @@ fn wait_gives_up_at_the_write_timeout_and_refuses_what_can_never_fit() {
         "{err}"
     );
 }
+
+/// FNV-1a: a checksum of a message's bytes.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One storm message: `[stream tag][seq][payload][checksum of all before]`; the last
+/// message of a stream has seq `u32::MAX` and no payload.
+fn storm_message(tag: u32, seq: u32, size: usize) -> Vec<u8> {
+    let mut m = tag.to_be_bytes().to_vec();
+    m.extend(seq.to_be_bytes());
+    m.extend(payload(size, (tag as usize) << 16 | seq as usize));
+    let sum = fnv(&m);
+    m.extend(sum.to_be_bytes());
+    m
+}
+
+/// Reads one stream's messages, checking each (tag, order, checksum); answers the end
+/// message with `[tag][count][checksum of all checksums]`. Reads slowly now and then, so
+/// that the writers run out of shared memory and queue room.
+fn check_storm_stream(mut stream: Stream) -> Result<u32, String> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut tag = None;
+    let mut count = 0u32;
+    let mut sums = 0u64;
+    loop {
+        let m = recv_framed(&mut stream)
+            .map_err(|e| format!("read: {e}"))?
+            .ok_or("the stream ended before its end message")?;
+        if m.len() < 16 {
+            return Err(format!("a message of {} bytes", m.len()));
+        }
+        let (body, sum) = m.split_at(m.len() - 8);
+        if fnv(body).to_be_bytes() != sum {
+            return Err(format!(
+                "checksum mismatch in message {count} ({} bytes)",
+                m.len()
+            ));
+        }
+        let t = u32::from_be_bytes(body[..4].try_into().unwrap());
+        let seq = u32::from_be_bytes(body[4..8].try_into().unwrap());
+        if *tag.get_or_insert(t) != t {
+            return Err(format!("a message of stream {t} arrived on stream {tag:?}"));
+        }
+        if seq == u32::MAX {
+            let mut reply = t.to_be_bytes().to_vec();
+            reply.extend(count.to_be_bytes());
+            reply.extend(sums.to_be_bytes());
+            send_framed(&stream, &reply).map_err(|e| format!("reply: {e}"))?;
+            return Ok(count);
+        }
+        if seq != count {
+            return Err(format!("stream {t}: message {seq} where {count} was due"));
+        }
+        count += 1;
+        sums = sums.rotate_left(5) ^ u64::from_be_bytes(sum.try_into().unwrap());
+        if count % 4 == 0 {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+}
+
+/// Issue 10, item 5: tiny shared memory (1 MiB of 16 KiB slices) and a tiny queue (16) under
+/// 12 concurrent writers, each opening stream after stream: every message arrives exactly
+/// once and in order on its own stream (sequence numbers, checksums, a per-stream summary),
+/// through every switch to the socket (fallback, circuit breaker open) and back to shared
+/// memory once the breaker closes.
+#[test]
+fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
+    const WRITERS: u32 = 12;
+    const ROUNDS: u32 = 5;
+    const MESSAGES: u32 = 48;
+    let sock = socket_path("storm");
+    let listener = Listener::bind(&sock, Config::default()).unwrap();
+    let config = Config {
+        queue_cap: 16,
+        circuit_breaker: Duration::from_millis(20),
+        ..small(Exhaustion::Fallback)
+    };
+    let client = {
+        let sock = sock.clone();
+        std::thread::spawn(move || Session::connect(&sock, config).unwrap())
+    };
+    let server = listener.accept_timeout(Duration::from_secs(10)).unwrap();
+    let client = client.join().unwrap();
+    let checker = std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        loop {
+            match server.accept_stream(Some(Duration::from_secs(30))) {
+                Ok(s) => streams.push(std::thread::spawn(move || check_storm_stream(s))),
+                Err(e) if e.is_session_closed() => break,
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        let mut total = 0;
+        for s in streams {
+            total += s.join().unwrap().unwrap();
+        }
+        (total, server.metrics())
+    });
+    let started = Instant::now();
+    let log = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for w in 0..WRITERS {
+            let (client, log) = (&client, &log);
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    let tag = w * 1000 + round;
+                    let stream = loop {
+                        match client.open_stream() {
+                            Ok(s) => break s,
+                            // The breaker is open after a fallback: shared memory again soon.
+                            Err(Error::Unhealthy) => std::thread::sleep(Duration::from_millis(2)),
+                            Err(e) => panic!("open: {e}"),
+                        }
+                    };
+                    let mut stream = stream;
+                    stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut sums = 0u64;
+                    for seq in 0..MESSAGES {
+                        let size = 1 + (seq as usize * 7919 + w as usize * 104_729) % (48 << 10);
+                        let m = storm_message(tag, seq, size);
+                        sums = sums.rotate_left(5)
+                            ^ u64::from_be_bytes(m[m.len() - 8..].try_into().unwrap());
+                        send_framed(&stream, &m).unwrap();
+                    }
+                    let fell_back = stream.is_fallback();
+                    send_framed(&stream, &storm_message(tag, u32::MAX, 0)).unwrap();
+                    let reply = recv_framed(&mut stream).unwrap().expect("a summary");
+                    let mut want = tag.to_be_bytes().to_vec();
+                    want.extend(MESSAGES.to_be_bytes());
+                    want.extend(sums.to_be_bytes());
+                    assert_eq!(reply, want, "stream {tag}: the summary differs");
+                    log.lock().unwrap().push((Instant::now(), fell_back));
+                    stream.close();
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let metrics = client.metrics();
+    drop(client);
+    let (total, server_metrics) = checker.join().unwrap();
+    assert_eq!(
+        total,
+        WRITERS * ROUNDS * MESSAGES,
+        "messages lost or duplicated"
+    );
+    let mut log = log.into_inner().unwrap();
+    log.sort_by_key(|e| e.0);
+    let fell_back = log.iter().filter(|e| e.1).count();
+    let back_after = log.iter().skip_while(|e| !e.1).filter(|e| !e.1).count();
+    eprintln!(
+        "{} streams in {elapsed:?}: {fell_back} fell back to the socket, {back_after} used \
+         shared memory again after the first fallback; client fallback writes {}, shm \
+         allocation failures {}, queue full {}; server fallback reads {}",
+        log.len(),
+        metrics.stability.fallback_write_count,
+        metrics.stability.alloc_shm_error_count,
+        metrics.stability.queue_full_error_count,
+        server_metrics.stability.fallback_read_count,
+    );
+    assert!(
+        fell_back > 0,
+        "the memory never ran out: the test proves nothing"
+    );
+    assert!(
+        back_after > 0,
+        "no stream used shared memory again after a fallback"
+    );
+}
