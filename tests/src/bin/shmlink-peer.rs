@@ -4,7 +4,6 @@
 //! shmlink-peer server <socket> [--sessions N] [--close-after K]
 //! shmlink-peer client <socket> --memfd|--devshm --prefix P [--sessions N] [--streams N]
 //!                     [--sizes a,b,c] [--repeat R] [--expect-close-after K]
-//! ```
 //! shmlink-peer die <client|server> <socket> <handshake|busy|hold> [--devshm] [--prefix P]
 //! ```
 //! Exits 0 only if every echo matched (client) or every session ended cleanly (server).
