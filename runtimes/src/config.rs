@@ -154,9 +154,14 @@ pub struct Config {
     /// naming the silence, and every pending read and write fails with it.
     ///
     /// An idle peer is not a stalled one: shmipc has no heartbeat frame (Go answers none),
-    /// so a session with nothing outstanding is never closed by this check. The peer's
-    /// consumer takes queued elements whenever it is woken, whatever its application does
-    /// with them, so a live peer (ours, Go's or CloudWeGo's) always makes progress. Checked
+    /// so a session with nothing outstanding is never closed by this check. shmipc-go and
+    /// CloudWeGo's crate take queued elements in a background task whenever they are woken,
+    /// whatever their application does, so a live one always makes progress. **A shmlink
+    /// peer does not**: it takes elements only while its application reads or accepts on the
+    /// session, so a shmlink peer that leaves a session idle with something queued for it (a
+    /// stream close after the last reply, say) looks stalled. Use this check against Go and
+    /// CloudWeGo peers, or shmlink peers that always have a reader waiting; keep it well above
+    /// the peer's longest pause (GC, CPU throttling): seconds, not milliseconds. Checked
     /// every quarter of the timeout (at most every 250 ms) by the process-wide
     /// `shmlink-monitor` thread.
     pub peer_stall_timeout: Option<Duration>,

@@ -1141,9 +1141,11 @@ impl Inner {
     }
 
     fn fail_send(&self, reason: CloseReason) -> Error {
-        let error = reason.error();
         self.shutdown(reason);
-        error
+        // The first reason recorded wins: a writer whose socket write failed because the
+        // session was just closed for another reason (a stalled peer, a violation) reports
+        // that reason, not the broken pipe it caused.
+        self.close_error()
     }
 
     /// Whether the peer has taken everything we queued for it (our send queue is empty and
