@@ -116,6 +116,21 @@ pub fn unique(name: &str) -> String {
     format!("{name}-{}-{nanos}-{n}", std::process::id())
 }
 
+/// The seed of a test's random choices: `SHMLINK_TEST_SEED` if set (to replay a run), else
+/// the clock; printed either way.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("SHMLINK_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("SHMLINK_TEST_SEED={seed}");
+    seed
+}
+
 /// A fresh unix socket path in the temporary directory.
 pub fn socket_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}.sock", unique(name)))

@@ -3,6 +3,8 @@
 //! does not hold up the others. Plus the handshake-path confinement and the largest-frame
 //! setting.
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -282,35 +284,12 @@ fn raw_memfd_session(
     buffer: &SharedRegion,
     buffer_name: &str,
 ) -> Conn {
-    use shmlink_core::handshake::{ClientHandshake, Input, MemMode as Mode, Output};
     let conn = Conn::connect_unix(path).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let queue_name = format!("{}_queue", unique("raw"));
-    let mut hs = ClientHandshake::new(Mode::Memfd, queue_name.as_bytes(), buffer_name.as_bytes());
-    let mut out = hs.start().unwrap();
-    let mut buf = Vec::new();
-    loop {
-        out = match out {
-            Output::Send(bytes) => {
-                conn.send(&bytes, "send").unwrap();
-                hs.step(Input::Sent).unwrap()
-            }
-            Output::ReadFrame => {
-                conn.read_frame(&mut buf, "read").unwrap();
-                let Ok(Decoded::Frame(frame, _)) = Frame::decode(&buf) else {
-                    panic!("bad frame from the server")
-                };
-                hs.step(Input::Frame(frame)).unwrap()
-            }
-            Output::SendFds => {
-                conn.send_fds(buffer.fd(), queue.fd()).unwrap();
-                hs.step(Input::Sent).unwrap()
-            }
-            Output::Done { .. } => return conn,
-            other => panic!("unexpected client step {other:?}"),
-        };
-    }
+    common::client_handshake(&conn, &queue_name, buffer_name, queue, buffer);
+    conn
 }
 
 /// Review finding: a server maps one client buffer region once and shares it between that

@@ -13,6 +13,8 @@
 //! session of the same process keeps echoing; nothing panics or hangs (every wait has a
 //! timeout). CI runs this file under AddressSanitizer, so an out-of-bounds access fails it.
 
+mod common;
+
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -21,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Listener, Session, Stream};
 use shmlink_core::buffer::{self, BufferManager, Role, SizeClass};
-use shmlink_core::frame::{Decoded, Frame, Message};
-use shmlink_core::handshake::{ClientHandshake, Input, MemMode as Mode, Output, ServerHandshake};
+use shmlink_core::frame::{Frame, Message};
 use shmlink_core::queue::{self, Element, Side};
 use shmlink_linux::region::SharedRegion;
 use shmlink_linux::socket::{self as raw, Conn};
@@ -72,34 +73,13 @@ impl RawPeer {
         queue::format_region(queue.region(), QUEUE_CAP).unwrap();
         let conn = Conn::connect_unix(path).unwrap();
         conn.set_read_timeout(Some(WAIT)).unwrap();
-        let mut hs = ClientHandshake::new(
-            Mode::Memfd,
-            format!("{name}_queue").as_bytes(),
-            format!("{name}_buffer").as_bytes(),
+        common::client_handshake(
+            &conn,
+            &format!("{name}_queue"),
+            &format!("{name}_buffer"),
+            &queue,
+            &buffer,
         );
-        let mut out = hs.start().unwrap();
-        let mut buf = Vec::new();
-        loop {
-            out = match out {
-                Output::Send(bytes) => {
-                    conn.send(&bytes, "send").unwrap();
-                    hs.step(Input::Sent).unwrap()
-                }
-                Output::ReadFrame => {
-                    conn.read_frame(&mut buf, "read").unwrap();
-                    let Ok(Decoded::Frame(frame, _)) = Frame::decode(&buf) else {
-                        panic!("bad frame from our server")
-                    };
-                    hs.step(Input::Frame(frame)).unwrap()
-                }
-                Output::SendFds => {
-                    conn.send_fds(buffer.fd(), queue.fd()).unwrap();
-                    hs.step(Input::Sent).unwrap()
-                }
-                Output::Done { .. } => break,
-                other => panic!("unexpected client step {other:?}"),
-            };
-        }
         Self {
             conn,
             queue,
@@ -112,41 +92,7 @@ impl RawPeer {
     fn accept(listener: &raw::Listener) -> Self {
         let conn = listener.accept_timeout(WAIT).unwrap();
         conn.set_read_timeout(Some(WAIT)).unwrap();
-        let mut hs = ServerHandshake::new();
-        let mut buf = Vec::new();
-        let mut fds = None;
-        let mut regions = None;
-        let mut out = hs.start();
-        loop {
-            out = match out {
-                Output::ReadFrame => {
-                    conn.read_frame(&mut buf, "read").unwrap();
-                    let Ok(Decoded::Frame(frame, _)) = Frame::decode(&buf) else {
-                        panic!("bad frame from our client")
-                    };
-                    hs.step(Input::Frame(frame)).unwrap()
-                }
-                Output::Send(bytes) => {
-                    conn.send(&bytes, "send").unwrap();
-                    hs.step(Input::Sent).unwrap()
-                }
-                Output::RecvFds => {
-                    fds = Some(conn.recv_fds().unwrap());
-                    hs.step(Input::FdsReceived).unwrap()
-                }
-                Output::Map { .. } => {
-                    let [b, q] = fds.take().unwrap();
-                    regions = Some((
-                        SharedRegion::from_fd(q, "q").unwrap(),
-                        SharedRegion::from_fd(b, "b").unwrap(),
-                    ));
-                    hs.step(Input::Mapped).unwrap()
-                }
-                Output::Done { .. } => break,
-                Output::SendFds => panic!("a server never sends fds"),
-            };
-        }
-        let (queue, buffer) = regions.unwrap();
+        let (queue, buffer, _) = common::server_handshake(&conn);
         Self {
             conn,
             queue,

@@ -57,16 +57,7 @@ struct Rng(u64);
 
 impl Rng {
     fn from_env() -> Self {
-        let seed = std::env::var("SHMLINK_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("SHMLINK_TEST_SEED={seed}");
-        Self(seed | 1)
+        Self(shmlink_tests::test_seed() | 1)
     }
 
     /// A delay of 0 to 40 ms.

@@ -3,12 +3,13 @@
 //! sends a hostile queue element, sends garbage), to show that the client turns each into a
 //! clear error instead of a hang or a panic.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Session};
 use shmlink_core::buffer::{self, Role};
-use shmlink_core::frame::{Decoded, Frame, Message};
-use shmlink_core::handshake::{Input, Output, ServerHandshake};
+use shmlink_core::frame::{Frame, Message};
 use shmlink_core::queue::{self, Element, Side, Wake};
 use shmlink_linux::region::SharedRegion;
 use shmlink_linux::socket::{Conn, Listener};
@@ -23,44 +24,8 @@ struct RawServer {
 /// Accepts one client and runs the server handshake by hand.
 fn raw_accept(listener: &Listener) -> RawServer {
     let conn = listener.accept().unwrap();
-    let mut hs = ServerHandshake::new();
-    let mut buf = Vec::new();
-    let mut fds = None;
-    let mut regions = None;
-    let mut out = hs.start();
-    loop {
-        out = match out {
-            Output::ReadFrame => {
-                conn.read_frame(&mut buf, "raw read").unwrap();
-                let Decoded::Frame(frame, _) = Frame::decode(&buf).unwrap() else {
-                    panic!()
-                };
-                hs.step(Input::Frame(frame)).unwrap()
-            }
-            Output::Send(bytes) => {
-                conn.send(&bytes, "raw send").unwrap();
-                hs.step(Input::Sent).unwrap()
-            }
-            Output::RecvFds => {
-                fds = Some(conn.recv_fds().unwrap());
-                hs.step(Input::FdsReceived).unwrap()
-            }
-            Output::Map { .. } => {
-                let [b, q] = fds.take().unwrap();
-                regions = Some((
-                    SharedRegion::from_fd(q, "q").unwrap(),
-                    SharedRegion::from_fd(b, "b").unwrap(),
-                ));
-                hs.step(Input::Mapped).unwrap()
-            }
-            Output::Done { version } => {
-                assert_eq!(version, 3);
-                break;
-            }
-            Output::SendFds => panic!("server asked to send fds"),
-        };
-    }
-    let (queue, buffer) = regions.unwrap();
+    let (queue, buffer, version) = common::server_handshake(&conn);
+    assert_eq!(version, 3);
     // No test may hang on a missing frame.
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

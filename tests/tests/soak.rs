@@ -139,15 +139,8 @@ fn soak_with_random_closes_and_reconnects_leaves_nothing_behind_and_memory_flat(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let seed: u64 = std::env::var("SHMLINK_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("SHMLINK_SOAK_SECS={secs} SHMLINK_TEST_SEED={seed}");
+    eprintln!("SHMLINK_SOAK_SECS={secs}");
+    let seed = shmlink_tests::test_seed();
     let mut rng = Rng(seed | 1);
     let sock = socket_path("soak");
     let prefix = format!("/dev/shm/{}", unique("soak"));
