@@ -154,17 +154,25 @@ pub struct Config {
     /// naming the silence, and every pending read and write fails with it.
     ///
     /// An idle peer is not a stalled one: shmipc has no heartbeat frame (Go answers none),
-    /// so a session with nothing outstanding is never closed by this check. shmipc-go and
-    /// CloudWeGo's crate take queued elements in a background task whenever they are woken,
-    /// whatever their application does, so a live one always makes progress. **A shmlink
-    /// peer does not**: it takes elements only while its application reads or accepts on the
-    /// session, so a shmlink peer that leaves a session idle with something queued for it (a
-    /// stream close after the last reply, say) looks stalled. Use this check against Go and
-    /// CloudWeGo peers, or shmlink peers that always have a reader waiting; keep it well above
-    /// the peer's longest pause (GC, CPU throttling): seconds, not milliseconds. Checked
-    /// every quarter of the timeout (at most every 250 ms) by the process-wide
-    /// `shmlink-monitor` thread.
+    /// so a session with nothing outstanding is never closed by this check. A live peer takes
+    /// what we queue even while its application reads nothing: shmipc-go and CloudWeGo's
+    /// crate in a background task, shmlink every [`idle_drain_interval`](Self::idle_drain_interval)
+    /// (a shmlink peer that turned that off takes nothing while its application is idle, and
+    /// looks stalled). Keep the timeout well above the peer's longest pause (GC, CPU
+    /// throttling) and its drain interval: seconds, not milliseconds. Checked every quarter
+    /// of the timeout (at most every 250 ms) by the process-wide `shmlink-monitor` thread.
     pub peer_stall_timeout: Option<Duration>,
+    /// How often a session that nothing waits on takes in what the peer sent (default
+    /// 20 ms; `None`: never). Readers and acceptors take the peer's messages themselves, so
+    /// a session whose application is busy elsewhere would otherwise leave them where the
+    /// peer put them: replies to streams already closed would hold shared memory, data and
+    /// new streams would wait in the queue, and the peer would see its messages untaken
+    /// (its `peer_stall_timeout` may then close the session). With this set, the
+    /// process-wide `shmlink-monitor` thread looks at every idle session this often (one
+    /// `poll(2)` for all of them) and drains those with something waiting: data goes to its
+    /// stream's buffer, memory of closed streams goes back to the free lists. A session with
+    /// a reader or acceptor waiting is left to it.
+    pub idle_drain_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -192,6 +200,7 @@ impl Default for Config {
             monitor: None,
             monitor_interval: Duration::from_secs(30),
             peer_stall_timeout: None,
+            idle_drain_interval: Some(Duration::from_millis(20)),
         }
     }
 }
@@ -229,6 +238,9 @@ impl Config {
         }
         if self.peer_stall_timeout.is_some_and(|t| t.is_zero()) {
             return bad("peer_stall_timeout is zero (use None to turn the check off)".to_owned());
+        }
+        if self.idle_drain_interval.is_some_and(|t| t.is_zero()) {
+            return bad("idle_drain_interval is zero (use None to turn draining off)".to_owned());
         }
         if self.max_frame_len < 4096 {
             return bad(format!(

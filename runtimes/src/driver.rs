@@ -482,6 +482,27 @@ impl Inner {
         }
     }
 
+    /// Whether nothing waits on this live session (the idle drain's business).
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.is_closed() && self.waiters.is_empty()
+    }
+
+    /// The session's socket, for the idle drain's `poll(2)`.
+    pub(crate) fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.conn.as_fd()
+    }
+
+    /// Whether the receive queue holds elements or frames wait to be sent: work for a pump
+    /// that the socket's readiness does not show.
+    pub(crate) fn has_work_waiting(&self) -> bool {
+        let queued = !lock(&self.shm.recv)
+            .queue()
+            .is_empty()
+            .unwrap_or(false);
+        queued || !lock(&self.out).is_empty()
+    }
+
     /// Arms the slot's timer for `at`; `true` if `at` has already passed (look again now).
     fn sleep_until(&self, cx: &mut Context<'_>, slot: &mut WaitSlot, at: Instant) -> bool {
         let timer = slot.timer.get_or_insert_with(|| self.reactor.timer());

@@ -6,10 +6,13 @@
 //! Sessions have no threads of their own, so the periodic reports come from one
 //! process-wide thread (`shmlink-monitor`), started when the first monitored session starts.
 //! It holds sessions weakly: a dropped session leaves its list by itself. The same thread
-//! runs the peer-stall check ([`Config::peer_stall_timeout`](crate::Config)).
+//! runs the peer-stall check ([`Config::peer_stall_timeout`](crate::Config)) and drains idle
+//! sessions ([`Config::idle_drain_interval`](crate::Config)).
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
 
 use crate::Metrics;
 use crate::driver::{Inner, lock};
@@ -79,6 +82,8 @@ enum Duty {
     /// The peer-stall check; its state is looked at outside the registry lock (reading a
     /// session's progress takes the session's own locks).
     Progress(Arc<Mutex<Progress>>),
+    /// Taking in what the peer sent while nothing waits on the session, this often.
+    Drain(Duration),
 }
 
 /// What the peer had taken when last seen, and since when something has waited for it
@@ -163,6 +168,15 @@ pub(crate) fn watch_progress(session: &Arc<Inner>, timeout: Duration) {
     });
 }
 
+/// Drains `session` every `interval` while nothing waits on it.
+pub(crate) fn watch_idle(session: &Arc<Inner>, interval: Duration) {
+    add(Entry {
+        session: Arc::downgrade(session),
+        due: Instant::now() + interval,
+        duty: Duty::Drain(interval),
+    });
+}
+
 fn add(entry: Entry) {
     let registry = registry();
     lock(&registry.entries).push(entry);
@@ -176,6 +190,30 @@ pub(crate) fn closed(session: Arc<Inner>) {
     // Under the entries lock: the monitor thread checks `closed` under it before it waits.
     let _entries = lock(&registry.entries);
     registry.changed.notify_one();
+}
+
+/// One look at the idle sessions due: a single `poll(2)` over their sockets, then a pump of
+/// each whose socket has bytes or whose queue or unsent frames hold something. A session
+/// that a reader took meanwhile is skipped by the pump itself (it only tries the lock).
+fn drain_idle(sessions: &[Arc<Inner>]) {
+    if sessions.is_empty() {
+        return;
+    }
+    let mut fds: Vec<PollFd<'_>> = sessions
+        .iter()
+        .map(|s| PollFd::from_borrowed_fd(s.socket(), PollFlags::IN))
+        .collect();
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // A failed poll (EINTR, ENOMEM) reads as "maybe readable": the pump finds out.
+    let polled = rustix::event::poll(&mut fds, Some(&now)).is_ok();
+    for (session, fd) in sessions.iter().zip(&fds) {
+        if !polled || !fd.revents().is_empty() || session.has_work_waiting() {
+            session.pump_now();
+        }
+    }
 }
 
 /// One report to `monitor` about `session`; a panicking monitor is logged, not fatal.
@@ -204,6 +242,7 @@ fn run(registry: &Registry) {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut checks = Vec::new();
+        let mut idle = Vec::new();
         entries.retain_mut(|e| {
             let Some(session) = e.session.upgrade() else {
                 return false;
@@ -222,6 +261,12 @@ fn run(registry: &Registry) {
                         e.due = now + lock(progress).every();
                         checks.push((session, Arc::clone(progress)));
                     }
+                    Duty::Drain(every) => {
+                        e.due = now + *every;
+                        if session.is_idle() {
+                            idle.push(session);
+                        }
+                    }
                 }
             }
             true
@@ -230,6 +275,8 @@ fn run(registry: &Registry) {
         // Reports and checks run without the lock: a monitor may take its time, sessions may
         // start, and a session's own locks are never taken under the registry's.
         drop(entries);
+        drain_idle(&idle);
+        drop(idle);
         for (session, progress) in checks {
             let silent = lock(&progress).check(&session, now);
             if let Some(silent) = silent {

@@ -507,6 +507,9 @@ impl Handshaken {
         if let Some(timeout) = config.peer_stall_timeout {
             crate::monitor::watch_progress(&inner, timeout);
         }
+        if let Some(interval) = config.idle_drain_interval {
+            crate::monitor::watch_idle(&inner, interval);
+        }
         Ok(inner)
     }
 }

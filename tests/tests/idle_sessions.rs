@@ -1,0 +1,127 @@
+//! Sessions whose application reads nothing for a while. What the peer sends meanwhile is
+//! taken in the background (`Config::idle_drain_interval`): replies to streams closed before
+//! they came give their shared memory back, data for open streams waits in their buffers,
+//! and a peer watching for stalls (`peer_stall_timeout`) does not take the idle session for
+//! a hung one. Each test runs in both sync modes that matter here: Event (the flag is down
+//! while idle: the peer announces pushes on the socket) and Adaptive (it may be left up:
+//! the peer pushes silently).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shmlink::{Config, Listener, Session, SyncMode};
+use shmlink_tests::{echo_stream, payload, recv_framed, send_framed, socket_path};
+
+const MODES: [SyncMode; 2] = [SyncMode::Event, SyncMode::Adaptive];
+
+fn echo_server(name: &str, config: Config) -> (std::path::PathBuf, Arc<Listener>) {
+    let sock = socket_path(name);
+    let listener = Arc::new(Listener::bind(&sock, config).unwrap());
+    let serving = Arc::clone(&listener);
+    std::thread::spawn(move || {
+        serving.serve(|stream| {
+            let _ = echo_stream(stream, None);
+        })
+    });
+    (sock, listener)
+}
+
+/// Waits up to `limit` for `done`, touching nothing else.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+#[test]
+fn replies_left_unread_on_closed_streams_give_their_memory_back_while_the_session_idles() {
+    for sync in MODES {
+        let (sock, listener) = echo_server("idle-replies", Config::default());
+        let config = Config {
+            sync,
+            ..Config::default()
+        };
+        let session = Session::connect(&sock, config).unwrap();
+        for i in 0..16 {
+            let stream = session.open_stream().unwrap();
+            send_framed(&stream, &payload(100 + i * 700, i)).unwrap();
+            // Closed unread, after the reply was (most likely) pushed to us.
+            std::thread::sleep(Duration::from_millis(30));
+            drop(stream);
+        }
+        // From here on nothing reads, accepts or writes on this session.
+        let home = wait_for(Duration::from_secs(3), || session.all_buffers_free());
+        assert!(
+            home,
+            "{sync:?}: {} bytes of shared memory still held by replies nobody will read",
+            session.shared_memory_usage().1
+        );
+        drop(session);
+        listener.close();
+    }
+}
+
+#[test]
+fn an_idle_client_is_not_taken_for_a_stalled_peer_and_finds_what_came_meanwhile() {
+    for sync in MODES {
+        // The server sends its replies late, after the client has gone quiet, and closes
+        // sessions whose peer takes nothing for 300 ms.
+        let sock = socket_path("idle-stall");
+        let listener = Arc::new(
+            Listener::bind(
+                &sock,
+                Config {
+                    peer_stall_timeout: Some(Duration::from_millis(300)),
+                    ..Config::default()
+                },
+            )
+            .unwrap(),
+        );
+        let serving = Arc::clone(&listener);
+        std::thread::spawn(move || {
+            serving.serve(|mut stream| {
+                while let Ok(Some(body)) = recv_framed(&mut stream) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if send_framed(&stream, &body).is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        let config = Config {
+            sync,
+            ..Config::default()
+        };
+        let session = Session::connect(&sock, config).unwrap();
+        let mut streams = Vec::new();
+        for i in 0..4 {
+            let stream = session.open_stream().unwrap();
+            send_framed(&stream, &payload(3000 * (i + 1), i)).unwrap();
+            streams.push(stream);
+        }
+        // Quiet for well over the server's stall timeout while its replies arrive.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !session.is_closed(),
+            "{sync:?}: the server closed an idle session: {:?}",
+            session.close_reason()
+        );
+        for (i, stream) in streams.iter_mut().enumerate() {
+            let echo = recv_framed(stream).unwrap().unwrap();
+            assert!(echo == payload(3000 * (i + 1), i), "{sync:?}: reply {i} differs");
+        }
+        // And the session still works.
+        let mut stream = session.open_stream().unwrap();
+        send_framed(&stream, b"again").unwrap();
+        assert_eq!(recv_framed(&mut stream).unwrap().unwrap(), b"again");
+        drop(streams);
+        drop(stream);
+        drop(session);
+        listener.close();
+    }
+}
