@@ -4,6 +4,9 @@
 //! There is no driver thread and no driver task. A task (or thread) that waits for data drains
 //! the receive queue itself and reads the socket itself ("pumping"), hands what it finds for
 //! other streams to their buffers and wakes only those, and returns its own data without a hop.
+//! A session that nothing waits on is pumped now and then by the process-wide monitor thread
+//! ([`Config::idle_drain_interval`](crate::Config), see `monitor.rs`), never one with a
+//! waiter, so the hot path is the same.
 //! Writers publish from their own task: allocate, write, push one element, and send a Polling
 //! frame only when the peer's working flag says it is idle.
 //!
@@ -496,10 +499,7 @@ impl Inner {
     /// Whether the receive queue holds elements or frames wait to be sent: work for a pump
     /// that the socket's readiness does not show.
     pub(crate) fn has_work_waiting(&self) -> bool {
-        let queued = !lock(&self.shm.recv)
-            .queue()
-            .is_empty()
-            .unwrap_or(false);
+        let queued = !lock(&self.shm.recv).queue().is_empty().unwrap_or(false);
         queued || !lock(&self.out).is_empty()
     }
 

@@ -172,9 +172,20 @@ pub(crate) fn watch_progress(session: &Arc<Inner>, timeout: Duration) {
 pub(crate) fn watch_idle(session: &Arc<Inner>, interval: Duration) {
     add(Entry {
         session: Arc::downgrade(session),
-        due: Instant::now() + interval,
+        due: tick_after(Instant::now(), interval),
         duty: Duty::Drain(interval),
     });
+}
+
+/// The first multiple of `every` (counted from a process-wide start) after `now`: sessions
+/// drained at the same interval come due together, so the thread wakes once for all of them.
+fn tick_after(now: Instant, every: Duration) -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    let every_ns = every.as_nanos().max(1);
+    let ticks = now.saturating_duration_since(start).as_nanos() / every_ns + 1;
+    let after = u64::try_from(ticks.saturating_mul(every_ns)).unwrap_or(u64::MAX);
+    start + Duration::from_nanos(after)
 }
 
 fn add(entry: Entry) {
@@ -262,7 +273,7 @@ fn run(registry: &Registry) {
                         checks.push((session, Arc::clone(progress)));
                     }
                     Duty::Drain(every) => {
-                        e.due = now + *every;
+                        e.due = tick_after(now, *every);
                         if session.is_idle() {
                             idle.push(session);
                         }

@@ -133,8 +133,8 @@ macro_rules! session_common {
             }
 
             /// Whether the session has closed. Takes in what the peer sent meanwhile (a
-            /// close, a protocol violation) without waiting: there is no background thread,
-            /// so an idle session learns of its peer's exit when somebody looks.
+            /// close, a protocol violation) without waiting; an idle session also learns of
+            /// it within [`Config::idle_drain_interval`](crate::Config) by itself.
             pub fn is_closed(&self) -> bool {
                 self.inner.pump_now();
                 self.inner.is_closed()

@@ -62,6 +62,8 @@ async fn a_cancelled_write_waiting_for_queue_room_returns_its_memory() {
     let config = Config {
         queue_cap: 16,
         on_exhaustion: Exhaustion::Wait,
+        // The server must not take the queue in while its application reads nothing.
+        idle_drain_interval: None,
         ..Config::default()
     };
     let (client, server, _listener) = pair(config).await;

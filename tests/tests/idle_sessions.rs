@@ -113,7 +113,10 @@ fn an_idle_client_is_not_taken_for_a_stalled_peer_and_finds_what_came_meanwhile(
         );
         for (i, stream) in streams.iter_mut().enumerate() {
             let echo = recv_framed(stream).unwrap().unwrap();
-            assert!(echo == payload(3000 * (i + 1), i), "{sync:?}: reply {i} differs");
+            assert!(
+                echo == payload(3000 * (i + 1), i),
+                "{sync:?}: reply {i} differs"
+            );
         }
         // And the session still works.
         let mut stream = session.open_stream().unwrap();
