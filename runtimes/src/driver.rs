@@ -485,9 +485,14 @@ impl Inner {
         }
     }
 
-    /// Whether nothing waits on this live session (the idle drain's business).
-    pub(crate) fn is_idle(&self) -> bool {
-        !self.is_closed() && self.waiters.is_empty()
+    /// For the idle drain: `None` while the session is closed or something waits on it,
+    /// otherwise how many elements have ever been taken from the receive queue (which moves
+    /// while anyone pumps).
+    pub(crate) fn idle_mark(&self) -> Option<i64> {
+        if self.is_closed() || !self.waiters.is_empty() {
+            return None;
+        }
+        Some(lock(&self.shm.recv).queue().stats().head)
     }
 
     /// The session's socket, for the idle drain's `poll(2)`.

@@ -82,8 +82,30 @@ enum Duty {
     /// The peer-stall check; its state is looked at outside the registry lock (reading a
     /// session's progress takes the session's own locks).
     Progress(Arc<Mutex<Progress>>),
-    /// Taking in what the peer sent while nothing waits on the session, this often.
-    Drain(Duration),
+    /// Taking in what the peer sent while nothing waits on the session.
+    Drain(Arc<Drain>),
+}
+
+/// The idle drain of one session.
+struct Drain {
+    every: Duration,
+    /// The receive queue's head (elements ever taken) when the session was last seen with
+    /// nothing waiting on it; `None` if something was.
+    seen: Mutex<Option<i64>>,
+}
+
+impl Drain {
+    /// Whether the session is quiet: nothing waits on it now and nobody took an element
+    /// since the last look. A session in use is left to its readers, so the drain never
+    /// competes with them for the session's locks. (The head lies in shared memory: a peer
+    /// rewriting it can only make us drain a tick late or early.)
+    fn quiet(&self, session: &Inner) -> bool {
+        let mark = session.idle_mark();
+        let mut seen = lock(&self.seen);
+        let quiet = mark.is_some() && *seen == mark;
+        *seen = mark;
+        quiet
+    }
 }
 
 /// What the peer had taken when last seen, and since when something has waited for it
@@ -173,7 +195,10 @@ pub(crate) fn watch_idle(session: &Arc<Inner>, interval: Duration) {
     add(Entry {
         session: Arc::downgrade(session),
         due: tick_after(Instant::now(), interval),
-        duty: Duty::Drain(interval),
+        duty: Duty::Drain(Arc::new(Drain {
+            every: interval,
+            seen: Mutex::new(None),
+        })),
     });
 }
 
@@ -203,26 +228,32 @@ pub(crate) fn closed(session: Arc<Inner>) {
     registry.changed.notify_one();
 }
 
-/// One look at the idle sessions due: a single `poll(2)` over their sockets, then a pump of
-/// each whose socket has bytes or whose queue or unsent frames hold something. A session
-/// that a reader took meanwhile is skipped by the pump itself (it only tries the lock).
-fn drain_idle(sessions: &[Arc<Inner>]) {
-    if sessions.is_empty() {
-        return;
-    }
-    let mut fds: Vec<PollFd<'_>> = sessions
-        .iter()
-        .map(|s| PollFd::from_borrowed_fd(s.socket(), PollFlags::IN))
-        .collect();
+/// Sessions per `poll(2)` of the idle drain (the descriptors live on the stack).
+const POLL_BATCH: usize = 32;
+
+/// Drains the quiet sessions due: a `poll(2)` per [`POLL_BATCH`] of their sockets, then a
+/// pump of each whose socket has bytes or whose queue or unsent frames hold something. A
+/// session that a reader took meanwhile is skipped by the pump itself (it only tries the
+/// lock). Allocates nothing.
+fn drain_idle(sessions: &[(Arc<Inner>, Arc<Drain>)]) {
     let now = rustix::event::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // A failed poll (EINTR, ENOMEM) reads as "maybe readable": the pump finds out.
-    let polled = rustix::event::poll(&mut fds, Some(&now)).is_ok();
-    for (session, fd) in sessions.iter().zip(&fds) {
-        if !polled || !fd.revents().is_empty() || session.has_work_waiting() {
-            session.pump_now();
+    for batch in sessions.chunks(POLL_BATCH) {
+        // Slots past the batch repeat its last socket and are not passed to poll.
+        let mut fds: [PollFd<'_>; POLL_BATCH] = std::array::from_fn(|i| {
+            PollFd::from_borrowed_fd(batch[i.min(batch.len() - 1)].0.socket(), PollFlags::IN)
+        });
+        let fds = &mut fds[..batch.len()];
+        // A failed poll (EINTR, ENOMEM) reads as "maybe readable": the pump finds out.
+        let polled = rustix::event::poll(fds, Some(&now)).is_ok();
+        for ((session, drain), fd) in batch.iter().zip(fds.iter()) {
+            if !polled || !fd.revents().is_empty() || session.has_work_waiting() {
+                session.pump_now();
+                // What this pump took is not a reader's doing.
+                *lock(&drain.seen) = session.idle_mark();
+            }
         }
     }
 }
@@ -248,12 +279,14 @@ fn emit_now(monitor: &dyn Monitor, session: &Inner, closed: bool) {
 }
 
 fn run(registry: &Registry) {
+    // Kept across turns (emptied after each): a turn allocates nothing once they have grown,
+    // so a process moving messages sees no allocation of ours every `idle_drain_interval`.
+    let mut due = Vec::with_capacity(64);
+    let mut checks = Vec::with_capacity(64);
+    let mut idle = Vec::with_capacity(64);
     let mut entries = lock(&registry.entries);
     loop {
         let now = Instant::now();
-        let mut due = Vec::new();
-        let mut checks = Vec::new();
-        let mut idle = Vec::new();
         entries.retain_mut(|e| {
             let Some(session) = e.session.upgrade() else {
                 return false;
@@ -272,11 +305,9 @@ fn run(registry: &Registry) {
                         e.due = now + lock(progress).every();
                         checks.push((session, Arc::clone(progress)));
                     }
-                    Duty::Drain(every) => {
-                        e.due = tick_after(now, *every);
-                        if session.is_idle() {
-                            idle.push(session);
-                        }
+                    Duty::Drain(drain) => {
+                        e.due = tick_after(now, drain.every);
+                        idle.push((session, Arc::clone(drain)));
                     }
                 }
             }
@@ -286,15 +317,16 @@ fn run(registry: &Registry) {
         // Reports and checks run without the lock: a monitor may take its time, sessions may
         // start, and a session's own locks are never taken under the registry's.
         drop(entries);
+        idle.retain(|(session, drain)| drain.quiet(session));
         drain_idle(&idle);
-        drop(idle);
-        for (session, progress) in checks {
+        idle.clear();
+        for (session, progress) in checks.drain(..) {
             let silent = lock(&progress).check(&session, now);
             if let Some(silent) = silent {
                 session.stalled(silent);
             }
         }
-        for session in due {
+        for session in due.drain(..) {
             if let Some((monitor, _)) = &session.settings.monitor {
                 emit(&**monitor, &session, false);
             }
