@@ -171,7 +171,8 @@ pub struct Config {
     /// process-wide `shmlink-monitor` thread looks at every idle session this often (one
     /// `poll(2)` for all of them) and drains those with something waiting: data goes to its
     /// stream's buffer, memory of closed streams goes back to the free lists. A session with
-    /// a reader or acceptor waiting is left to it.
+    /// a reader or acceptor waiting is left to it. The thread holds a session only for the
+    /// moment of a look, so a dropped session may be released a moment later, on that thread.
     pub idle_drain_interval: Option<Duration>,
 }
 

@@ -148,6 +148,20 @@ pub fn leftover_files(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// [`leftover_files`] once they are gone or two seconds have passed: a dropped session's
+/// last reference may be held for a moment by the `shmlink-monitor` thread (an idle drain or
+/// a check in progress), which then releases it.
+pub fn leftover_files_settled(prefix: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let left = leftover_files(prefix);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The async twins of the framing helpers, for [`shmlink::AsyncStream`] and its halves.
 pub mod framed {
     use shmlink::{AsyncStream, Error};

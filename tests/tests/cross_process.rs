@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shmlink::{Config, Listener, MemMode, Session};
 use shmlink_tests::{
-    check_echoes, echo_session, leftover_files, socket_path, unique, wait_success,
+    check_echoes, echo_session, leftover_files_settled, socket_path, unique, wait_success,
 };
 
 const PEER: &str = env!("CARGO_BIN_EXE_shmlink-peer");
@@ -49,7 +49,7 @@ fn serve_child_client(mode: &str, extra: &[&str], sessions: usize) {
         drop(session);
     }
     assert_eq!(
-        leftover_files(&prefix),
+        leftover_files_settled(&prefix),
         Vec::<String>::new(),
         "files left in /dev/shm"
     );
@@ -129,7 +129,7 @@ fn server_closing_a_stream_ends_it_for_the_client_process() {
     assert_eq!(echoed, 2);
     assert!(session.all_buffers_free());
     drop(session);
-    assert!(leftover_files(&prefix).is_empty());
+    assert!(leftover_files_settled(&prefix).is_empty());
 }
 
 /// Starts `shmlink-peer server` on `sock` and waits until it listens.
@@ -170,9 +170,9 @@ fn client_to_child_server(mode: MemMode) {
     drop(session);
     wait_success(child, Duration::from_secs(60));
     assert!(
-        leftover_files(&prefix).is_empty(),
+        leftover_files_settled(&prefix).is_empty(),
         "{:?}",
-        leftover_files(&prefix)
+        leftover_files_settled(&prefix)
     );
 }
 

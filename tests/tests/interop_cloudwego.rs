@@ -18,7 +18,10 @@ use cloudwego_shmipc::consts::MemMapType;
 use cloudwego_shmipc::session::{SessionManager, SessionManagerConfig};
 use cloudwego_shmipc::transport::{DefaultUnixConnect, DefaultUnixListen};
 use shmlink::{Config, Listener, MemMode, Session, SizeClass};
-use shmlink_tests::{check_echoes, echo_session, leftover_files, payload, socket_path, unique};
+use shmlink_tests::{
+    check_echoes, echo_session, leftover_files, leftover_files_settled, payload, socket_path,
+    unique,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sizes that need chains: the largest default slice holds 131,052 bytes.
@@ -109,9 +112,9 @@ fn their_client_our_server(
     assert!(all_free, "every slice back in its free list");
     drop(session);
     assert!(
-        leftover_files(&prefix).is_empty(),
+        leftover_files_settled(&prefix).is_empty(),
         "{:?}",
-        leftover_files(&prefix)
+        leftover_files_settled(&prefix)
     );
     if small_buffer {
         assert!(
@@ -344,9 +347,9 @@ fn their_client_our_async_server(ours: Ours, mode: MemMapType) {
     assert!(all_free, "every slice back in its free list");
     drop(session);
     assert!(
-        leftover_files(&prefix).is_empty(),
+        leftover_files_settled(&prefix).is_empty(),
         "{:?}",
-        leftover_files(&prefix)
+        leftover_files_settled(&prefix)
     );
 }
 

@@ -20,7 +20,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Error, Listener, MemMode, Session, Stream};
-use shmlink_tests::{check_echoes, echo_session, leftover_files, send_framed, socket_path, unique};
+use shmlink_tests::{
+    check_echoes, echo_session, leftover_files_settled, send_framed, socket_path, unique,
+};
 
 const PEER: &str = env!("CARGO_BIN_EXE_shmlink-peer");
 /// How soon the survivor must notice.
@@ -187,13 +189,20 @@ fn check_noticed((rx, threads): (Failures, [std::thread::JoinHandle<()>; 2]), ki
 }
 
 fn nothing_left(prefix: &str, peer_pid: u32) {
-    let ours = our_shared_memory();
+    // The monitor thread may hold the session for the moment of a drain or check: the last
+    // reference can go a few microseconds after our drop.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut ours = our_shared_memory();
+    while !ours.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        ours = our_shared_memory();
+    }
     assert!(ours.is_empty(), "shared memory still held: {ours:?}");
     assert!(
         !Path::new(&format!("/proc/{peer_pid}")).exists(),
         "the killed peer is still there"
     );
-    let files = leftover_files(prefix);
+    let files = leftover_files_settled(prefix);
     assert!(files.is_empty(), "files left in /dev/shm: {files:?}");
 }
 
