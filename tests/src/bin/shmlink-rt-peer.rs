@@ -195,12 +195,7 @@ fn check_free(session: &AsyncSession) -> Result<(), String> {
 }
 
 /// One stream's echo check.
-async fn echo_one(
-    session: Arc<AsyncSession>,
-    k: usize,
-    sizes: Arc<Vec<usize>>,
-) -> Result<(), String> {
-    let mut stream = session.open_stream().map_err(|e| e.to_string())?;
+async fn echo_one(mut stream: AsyncStream, k: usize, sizes: Arc<Vec<usize>>) -> Result<(), String> {
     for (i, &size) in sizes.iter().enumerate() {
         let body = payload(size, i + k * 10);
         framed::send(&stream, &body)
@@ -229,16 +224,23 @@ async fn echo_streams(
     sizes: &[usize],
 ) -> Result<(), String> {
     let sizes = Arc::new(sizes.to_vec());
+    // Every stream is opened before any sends: once one write falls back, the circuit
+    // breaker refuses new streams on this session (Error::Unhealthy), as Go's does.
+    let streams = (0..n)
+        .map(|_| session.open_stream())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let jobs = streams.into_iter().enumerate();
     if rt == Rt::Tokio {
-        let tasks: Vec<_> = (0..n)
-            .map(|k| tokio::spawn(echo_one(Arc::clone(session), k, Arc::clone(&sizes))))
+        let tasks: Vec<_> = jobs
+            .map(|(k, stream)| tokio::spawn(echo_one(stream, k, Arc::clone(&sizes))))
             .collect();
         for t in tasks {
             t.await.map_err(|e| e.to_string())??;
         }
         Ok(())
     } else {
-        let all = (0..n).map(|k| echo_one(Arc::clone(session), k, Arc::clone(&sizes)));
+        let all = jobs.map(|(k, stream)| echo_one(stream, k, Arc::clone(&sizes)));
         futures_util::future::join_all(all)
             .await
             .into_iter()
@@ -423,12 +425,17 @@ fn blocking_client(opts: &Opts) -> Result<(), String> {
         }
         return Ok(());
     }
+    // Every stream is opened before any sends (see echo_streams).
+    let streams = (0..opts.streams)
+        .map(|_| session.open_stream())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..opts.streams)
-            .map(|k| {
-                let session = &session;
+        let handles: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut stream)| {
                 scope.spawn(move || -> Result<(), String> {
-                    let mut stream = session.open_stream().map_err(|e| e.to_string())?;
                     check_echoes(&mut stream, &opts.sizes, k * 10)
                 })
             })
