@@ -163,7 +163,7 @@ pub struct Config {
     /// of the timeout (at most every 250 ms) by the process-wide `shmlink-monitor` thread.
     pub peer_stall_timeout: Option<Duration>,
     /// How often a session that nothing waits on takes in what the peer sent (default
-    /// 20 ms; `None`: never). Readers and acceptors take the peer's messages themselves, so
+    /// 20 ms, at least 1 ms; `None`: never). Readers and acceptors take the peer's messages themselves, so
     /// a session whose application is busy elsewhere would otherwise leave them where the
     /// peer put them: replies to streams already closed would hold shared memory, data and
     /// new streams would wait in the queue, and the peer would see its messages untaken
@@ -240,8 +240,14 @@ impl Config {
         if self.peer_stall_timeout.is_some_and(|t| t.is_zero()) {
             return bad("peer_stall_timeout is zero (use None to turn the check off)".to_owned());
         }
-        if self.idle_drain_interval.is_some_and(|t| t.is_zero()) {
-            return bad("idle_drain_interval is zero (use None to turn draining off)".to_owned());
+        if self
+            .idle_drain_interval
+            .is_some_and(|t| t < Duration::from_millis(1))
+        {
+            return bad(format!(
+                "idle_drain_interval {:?} is below 1 ms (use None to turn draining off)",
+                self.idle_drain_interval.unwrap_or_default()
+            ));
         }
         if self.max_frame_len < 4096 {
             return bad(format!(

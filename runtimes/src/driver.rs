@@ -5,8 +5,8 @@
 //! the receive queue itself and reads the socket itself ("pumping"), hands what it finds for
 //! other streams to their buffers and wakes only those, and returns its own data without a hop.
 //! A session that nothing waits on is pumped now and then by the process-wide monitor thread
-//! ([`Config::idle_drain_interval`](crate::Config), see `monitor.rs`), never one with a
-//! waiter, so the hot path is the same.
+//! ([`Config::idle_drain_interval`](crate::Config), see `monitor.rs`): only one quiet for a
+//! whole interval (no waiter registered, no element taken), so the hot path is the same.
 //! Writers publish from their own task: allocate, write, push one element, and send a Polling
 //! frame only when the peer's working flag says it is idle.
 //!
@@ -373,7 +373,7 @@ impl Inner {
             let now = Instant::now();
             let spinning = m.spinner.is_some_and(|s| s.id == slot.id);
             // The queue first: it is a cache line, the socket a system call.
-            if let Err(reason) = self.pump(&mut m, true, false) {
+            if let Err(reason) = self.pump(&mut m, true, 0) {
                 drop(m);
                 self.shutdown(reason);
                 continue;
@@ -393,7 +393,7 @@ impl Inner {
             // about to sleep reads it (that also arms the reactor).
             if !spin || now.saturating_duration_since(m.socket_at) >= SOCKET_EVERY {
                 m.socket_at = now;
-                if let Err(reason) = self.pump(&mut m, false, true) {
+                if let Err(reason) = self.pump(&mut m, false, usize::MAX) {
                     drop(m);
                     self.shutdown(reason);
                     continue;
@@ -466,13 +466,20 @@ impl Inner {
     /// Takes in what the peer sent, without waiting (for `available`): a no-op while another
     /// task pumps.
     pub(crate) fn pump_now(&self) {
+        self.pump_some(usize::MAX);
+    }
+
+    /// [`pump_now`](Self::pump_now) with at most `reads` socket reads (the idle drain: one
+    /// session streaming at us must not hold the monitor thread; the rest waits for the next
+    /// look, the socket still readable).
+    pub(crate) fn pump_some(&self, reads: usize) {
         let Ok(mut m) = self.machine.try_lock() else {
             return;
         };
         if self.is_closed() {
             return;
         }
-        if let Err(reason) = self.pump(&mut m, true, true) {
+        if let Err(reason) = self.pump(&mut m, true, reads) {
             drop(m);
             self.shutdown(reason);
             return;
@@ -620,11 +627,17 @@ impl Inner {
         }
     }
 
-    /// Drains the receive queue and reads the socket until it has nothing more. An error ends
-    /// the session (counted in Go's `event_conn_error_count` unless the peer just left).
-    fn pump(&self, m: &mut Machine, queue: bool, socket: bool) -> Result<(), CloseReason> {
-        let result = if queue { self.drain_queue() } else { Ok(()) }
-            .and_then(|()| if socket { self.pump_socket(m) } else { Ok(()) });
+    /// Drains the receive queue (if `queue`) and reads the socket until it has nothing more
+    /// or `reads` reads were made (none: the socket is not looked at). An error ends the
+    /// session (counted in Go's `event_conn_error_count` unless the peer just left).
+    fn pump(&self, m: &mut Machine, queue: bool, reads: usize) -> Result<(), CloseReason> {
+        let result = if queue { self.drain_queue() } else { Ok(()) }.and_then(|()| {
+            if reads > 0 {
+                self.pump_socket(m, reads)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(reason) = &result {
             if !matches!(reason, CloseReason::Peer) {
                 lock(&self.state)
@@ -637,10 +650,10 @@ impl Inner {
         result
     }
 
-    fn pump_socket(&self, m: &mut Machine) -> Result<(), CloseReason> {
+    fn pump_socket(&self, m: &mut Machine, reads: usize) -> Result<(), CloseReason> {
         self.flush_out_now();
         let mut cx = Context::from_waker(&self.session_waker);
-        loop {
+        for _ in 0..reads {
             match self.reactor.poll_recv(&mut cx, &mut m.buf) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Ok(0)) => {
@@ -679,6 +692,7 @@ impl Inner {
                 }
             }
         }
+        Ok(())
     }
 
     /// Handles one control frame from the peer.

@@ -228,6 +228,9 @@ pub(crate) fn closed(session: Arc<Inner>) {
     registry.changed.notify_one();
 }
 
+/// Socket reads (of up to 64 KiB) per session per look of the idle drain.
+const DRAIN_READS: usize = 16;
+
 /// Sessions per `poll(2)` of the idle drain (the descriptors live on the stack).
 const POLL_BATCH: usize = 32;
 
@@ -250,7 +253,12 @@ fn drain_idle(sessions: &[(Arc<Inner>, Arc<Drain>)]) {
         let polled = rustix::event::poll(fds, Some(&now)).is_ok();
         for ((session, drain), fd) in batch.iter().zip(fds.iter()) {
             if !polled || !fd.revents().is_empty() || session.has_work_waiting() {
-                session.pump_now();
+                // A panic here (a waker, a tracing subscriber) must not end the thread that
+                // every session's reports, checks and drains depend on.
+                let pump = std::panic::AssertUnwindSafe(|| session.pump_some(DRAIN_READS));
+                if std::panic::catch_unwind(pump).is_err() {
+                    tracing::warn!(target: "shmlink::monitor", session = session.id, "a drain panicked");
+                }
                 // What this pump took is not a reader's doing.
                 *lock(&drain.seen) = session.idle_mark();
             }
@@ -284,17 +292,28 @@ fn run(registry: &Registry) {
     let mut due = Vec::with_capacity(64);
     let mut checks = Vec::with_capacity(64);
     let mut idle = Vec::with_capacity(64);
+    let mut release = Vec::with_capacity(64);
     let mut entries = lock(&registry.entries);
     loop {
         let now = Instant::now();
+        // Only due entries are upgraded, and no session is dropped under the lock: the last
+        // reference may be ours, and releasing a session (unmapping, closing, dropping its
+        // Monitor) must not run where `add` and `closed` wait.
         entries.retain_mut(|e| {
+            if e.session.strong_count() == 0 {
+                return false;
+            }
+            if e.due > now {
+                return true;
+            }
             let Some(session) = e.session.upgrade() else {
                 return false;
             };
             if session.is_closed() {
+                release.push(session);
                 return false; // its last report came from the close
             }
-            if e.due <= now {
+            {
                 match &e.duty {
                     Duty::Report => {
                         let interval = session.settings.monitor.as_ref().map(|m| m.1);
@@ -317,6 +336,7 @@ fn run(registry: &Registry) {
         // Reports and checks run without the lock: a monitor may take its time, sessions may
         // start, and a session's own locks are never taken under the registry's.
         drop(entries);
+        release.clear();
         idle.retain(|(session, drain)| drain.quiet(session));
         drain_idle(&idle);
         idle.clear();

@@ -7,24 +7,13 @@
 //! the peer pushes silently).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Listener, Session, SyncMode};
-use shmlink_tests::{echo_stream, payload, recv_framed, send_framed, socket_path};
+use shmlink_tests::{framed, payload, recv_framed, send_framed, socket_path};
 
 const MODES: [SyncMode; 2] = [SyncMode::Event, SyncMode::Adaptive];
-
-fn echo_server(name: &str, config: Config) -> (std::path::PathBuf, Arc<Listener>) {
-    let sock = socket_path(name);
-    let listener = Arc::new(Listener::bind(&sock, config).unwrap());
-    let serving = Arc::clone(&listener);
-    std::thread::spawn(move || {
-        serving.serve(|stream| {
-            let _ = echo_stream(stream, None);
-        })
-    });
-    (sock, listener)
-}
 
 /// Waits up to `limit` for `done`, touching nothing else.
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -38,22 +27,53 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// An echo server that counts the replies it has sent.
+fn counting_echo_server(name: &str) -> (std::path::PathBuf, Arc<Listener>, Arc<AtomicUsize>) {
+    let sock = socket_path(name);
+    let listener = Arc::new(Listener::bind(&sock, Config::default()).unwrap());
+    let replies = Arc::new(AtomicUsize::new(0));
+    let (serving, counter) = (Arc::clone(&listener), Arc::clone(&replies));
+    std::thread::spawn(move || {
+        serving.serve(move |mut stream| {
+            while let Ok(Some(body)) = recv_framed(&mut stream) {
+                if send_framed(&stream, &body).is_err() {
+                    break;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    });
+    (sock, listener, replies)
+}
+
+const REPLIES: usize = 16;
+
+fn request(i: usize) -> Vec<u8> {
+    payload(100 + i * 700, i)
+}
+
 #[test]
 fn replies_left_unread_on_closed_streams_give_their_memory_back_while_the_session_idles() {
     for sync in MODES {
-        let (sock, listener) = echo_server("idle-replies", Config::default());
+        let (sock, listener, replies) = counting_echo_server("idle-replies");
         let config = Config {
             sync,
             ..Config::default()
         };
         let session = Session::connect(&sock, config).unwrap();
-        for i in 0..16 {
+        let mut streams = Vec::new();
+        for i in 0..REPLIES {
             let stream = session.open_stream().unwrap();
-            send_framed(&stream, &payload(100 + i * 700, i)).unwrap();
-            // Closed unread, after the reply was (most likely) pushed to us.
-            std::thread::sleep(Duration::from_millis(30));
-            drop(stream);
+            send_framed(&stream, &request(i)).unwrap();
+            streams.push(stream);
         }
+        // Every reply is in our shared memory before the streams close unread.
+        assert!(
+            wait_for(Duration::from_secs(5), || replies.load(Ordering::SeqCst)
+                == REPLIES),
+            "the server did not reply"
+        );
+        drop(streams);
         // From here on nothing reads, accepts or writes on this session.
         let home = wait_for(Duration::from_secs(3), || session.all_buffers_free());
         assert!(
@@ -64,6 +84,59 @@ fn replies_left_unread_on_closed_streams_give_their_memory_back_while_the_sessio
         drop(session);
         listener.close();
     }
+}
+
+#[test]
+fn a_tokio_session_that_nobody_polls_gives_the_memory_of_unread_replies_back() {
+    let (sock, listener, replies) = counting_echo_server("idle-tokio");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (session, streams) = rt.block_on(async {
+        let session = shmlink::tokio::connect(&sock, Config::default())
+            .await
+            .unwrap();
+        let mut streams = Vec::new();
+        for i in 0..REPLIES {
+            let stream = session.open_stream().unwrap();
+            framed::send(&stream, &request(i)).await.unwrap();
+            streams.push(stream);
+        }
+        (session, streams)
+    });
+    assert!(
+        wait_for(Duration::from_secs(5), || replies.load(Ordering::SeqCst)
+            == REPLIES),
+        "the server did not reply"
+    );
+    drop(streams); // closed unread
+    // No task of ours runs from here on; the runtime only turns its reactor.
+    let home = wait_for(Duration::from_secs(3), || session.all_buffers_free());
+    assert!(
+        home,
+        "{} bytes of shared memory still held by replies nobody will read",
+        session.shared_memory_usage().1
+    );
+    drop(session);
+    drop(rt);
+    listener.close();
+}
+
+#[test]
+fn a_drain_interval_below_a_millisecond_is_refused_by_name() {
+    let config = Config {
+        idle_drain_interval: Some(Duration::from_micros(100)),
+        ..Config::default()
+    };
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("idle_drain_interval"), "{err}");
+    let off = Config {
+        idle_drain_interval: None,
+        ..Config::default()
+    };
+    off.validate().unwrap();
 }
 
 #[test]
