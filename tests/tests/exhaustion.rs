@@ -141,8 +141,14 @@ fn storm_message(tag: u32, seq: u32, size: usize) -> Vec<u8> {
 /// Reads one stream's messages, checking each (tag, order, checksum); answers the end
 /// message with `[tag][count][checksum of all checksums]`. Reads slowly now and then, so
 /// that the writers run out of shared memory and queue room.
-fn check_storm_stream(mut stream: Stream) -> Result<u32, String> {
+fn check_storm_stream(mut stream: Stream, late: bool) -> Result<u32, String> {
     stream.set_read_timeout(Some(Duration::from_secs(30)));
+    if late {
+        // The first readers start late, so that the writers run the memory out however fast
+        // this machine's readers are (a CI run once kept up with all 60 streams); the later
+        // ones read at once, so that memory comes back and new streams use it again.
+        std::thread::sleep(Duration::from_millis(30));
+    }
     let mut tag = None;
     let mut count = 0u32;
     let mut sums = 0u64;
@@ -210,7 +216,10 @@ fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
         let mut streams = Vec::new();
         loop {
             match server.accept_stream(Some(Duration::from_secs(30))) {
-                Ok(s) => streams.push(std::thread::spawn(move || check_storm_stream(s))),
+                Ok(s) => {
+                    let late = streams.len() < WRITERS as usize;
+                    streams.push(std::thread::spawn(move || check_storm_stream(s, late)));
+                }
                 Err(e) if e.is_session_closed() => break,
                 Err(e) => panic!("accept: {e}"),
             }
