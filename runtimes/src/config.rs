@@ -163,9 +163,9 @@ pub struct Config {
     /// of the timeout (at most every 250 ms) by the process-wide `shmlink-monitor` thread.
     pub peer_stall_timeout: Option<Duration>,
     /// How often a session that nothing waits on takes in what the peer sent (default
-    /// 20 ms, at least 1 ms; `None`: never). Readers and acceptors take the peer's messages themselves, so
-    /// a session whose application is busy elsewhere would otherwise leave them where the
-    /// peer put them: replies to streams already closed would hold shared memory, data and
+    /// 20 ms, at least 1 ms; `None`: never). Readers and acceptors take the peer's messages
+    /// themselves, so a session whose application is busy elsewhere would otherwise leave
+    /// them where the peer put them: replies to streams already closed would hold shared memory, data and
     /// new streams would wait in the queue, and the peer would see its messages untaken
     /// (its `peer_stall_timeout` may then close the session). With this set, the
     /// process-wide `shmlink-monitor` thread looks at every idle session this often (one

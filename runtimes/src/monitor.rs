@@ -255,10 +255,7 @@ fn drain_idle(sessions: &[(Arc<Inner>, Arc<Drain>)]) {
             if !polled || !fd.revents().is_empty() || session.has_work_waiting() {
                 // A panic here (a waker, a tracing subscriber) must not end the thread that
                 // every session's reports, checks and drains depend on.
-                let pump = std::panic::AssertUnwindSafe(|| session.pump_some(DRAIN_READS));
-                if std::panic::catch_unwind(pump).is_err() {
-                    tracing::warn!(target: "shmlink::monitor", session = session.id, "a drain panicked");
-                }
+                unless_panics(session, "a drain", || session.pump_some(DRAIN_READS));
                 // What this pump took is not a reader's doing.
                 *lock(&drain.seen) = session.idle_mark();
             }
@@ -266,12 +263,18 @@ fn drain_idle(sessions: &[(Arc<Inner>, Arc<Drain>)]) {
     }
 }
 
+/// Runs `work` for `session` on the monitor thread; a panic in it is logged, not fatal.
+fn unless_panics(session: &Inner, what: &str, work: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+        tracing::warn!(target: "shmlink::monitor", session = session.id, "{what} panicked");
+    }
+}
+
 /// One report to `monitor` about `session`; a panicking monitor is logged, not fatal.
 fn emit(monitor: &dyn Monitor, session: &Inner, closed: bool) {
-    let report = std::panic::AssertUnwindSafe(|| emit_now(monitor, session, closed));
-    if std::panic::catch_unwind(report).is_err() {
-        tracing::warn!(target: "shmlink::monitor", session = session.id, "the monitor panicked");
-    }
+    unless_panics(session, "the monitor", || {
+        emit_now(monitor, session, closed)
+    });
 }
 
 fn emit_now(monitor: &dyn Monitor, session: &Inner, closed: bool) {
@@ -313,21 +316,19 @@ fn run(registry: &Registry) {
                 release.push(session);
                 return false; // its last report came from the close
             }
-            {
-                match &e.duty {
-                    Duty::Report => {
-                        let interval = session.settings.monitor.as_ref().map(|m| m.1);
-                        e.due = now + interval.unwrap_or(Duration::from_secs(30));
-                        due.push(session);
-                    }
-                    Duty::Progress(progress) => {
-                        e.due = now + lock(progress).every();
-                        checks.push((session, Arc::clone(progress)));
-                    }
-                    Duty::Drain(drain) => {
-                        e.due = tick_after(now, drain.every);
-                        idle.push((session, Arc::clone(drain)));
-                    }
+            match &e.duty {
+                Duty::Report => {
+                    let interval = session.settings.monitor.as_ref().map(|m| m.1);
+                    e.due = now + interval.unwrap_or(Duration::from_secs(30));
+                    due.push(session);
+                }
+                Duty::Progress(progress) => {
+                    e.due = now + lock(progress).every();
+                    checks.push((session, Arc::clone(progress)));
+                }
+                Duty::Drain(drain) => {
+                    e.due = tick_after(now, drain.every);
+                    idle.push((session, Arc::clone(drain)));
                 }
             }
             true
