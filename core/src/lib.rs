@@ -36,6 +36,8 @@ pub mod frame;
 #[cfg(feature = "alloc")]
 pub mod handshake;
 pub mod queue;
+#[cfg(feature = "alloc")]
+pub mod waiters;
 #[allow(unsafe_code)]
 pub mod region;
 #[cfg(feature = "alloc")]

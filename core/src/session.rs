@@ -72,6 +72,10 @@ pub struct StabilityMetrics {
     pub hot_restart_success_count: u64,
     /// Hot restarts failed (kept for Go's metric set).
     pub hot_restart_error_count: u64,
+    /// Slices the buffer manager refused to take back because they were already free (a
+    /// slice recycled twice, by us or because the peer named it twice). Not one of Go's
+    /// metrics; zero in a healthy session.
+    pub refused_recycle_count: u64,
 }
 
 /// Go's `ShareMemoryMetrics` (PROTOCOL.md 8.3): the buffer region's size and the bytes of
@@ -115,6 +119,7 @@ impl Metrics {
         s.active_stream_count += t.active_stream_count;
         s.hot_restart_success_count += t.hot_restart_success_count;
         s.hot_restart_error_count += t.hot_restart_error_count;
+        s.refused_recycle_count += t.refused_recycle_count;
         let (m, n) = (&mut self.share_memory, &other.share_memory);
         m.capacity_of_share_memory_in_bytes += n.capacity_of_share_memory_in_bytes;
         m.all_in_used_share_memory_in_bytes += n.all_in_used_share_memory_in_bytes;

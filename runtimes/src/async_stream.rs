@@ -73,7 +73,7 @@ impl AsyncSession {
     /// ```
     pub async fn accept_stream(&self, timeout: Option<Duration>) -> Result<AsyncStream, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut slot = WaitSlot::new();
+        let mut slot = WaitSlot::acceptor();
         let inner = &self.inner;
         // Dropped while waiting: gives up any spin for the session.
         let wait = Forget {

@@ -372,7 +372,7 @@ impl HubWait<'_> {
             let at = match self.slots.iter().position(|(s, _)| Arc::ptr_eq(s, inner)) {
                 Some(at) => at,
                 None => {
-                    self.slots.push((Arc::clone(inner), WaitSlot::new()));
+                    self.slots.push((Arc::clone(inner), WaitSlot::acceptor()));
                     self.slots.len() - 1
                 }
             };

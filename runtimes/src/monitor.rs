@@ -89,18 +89,18 @@ enum Duty {
 /// The idle drain of one session.
 struct Drain {
     every: Duration,
-    /// The receive queue's head (elements ever taken) when the session was last seen with
-    /// nothing waiting on it; `None` if something was.
-    seen: Mutex<Option<i64>>,
+    /// What [`Inner::activity_mark`] said at the last look.
+    seen: Mutex<Option<(i64, u64)>>,
 }
 
 impl Drain {
-    /// Whether the session is quiet: nothing waits on it now and nobody took an element
-    /// since the last look. A session in use is left to its readers, so the drain never
-    /// competes with them for the session's locks. (The head lies in shared memory: a peer
-    /// rewriting it can only make us drain a tick late or early.)
+    /// Whether nobody worked on the session for a whole interval: no element taken from the
+    /// receive queue and no pump by an owner since the last look. A session in use is left to
+    /// its waiters, so the drain never competes with them; one whose owner stopped being
+    /// polled (an abandoned read) or that nothing waits on is quiet. (The head lies in shared
+    /// memory: a peer rewriting it can only make us drain a tick late or early.)
     fn quiet(&self, session: &Inner) -> bool {
-        let mark = session.idle_mark();
+        let mark = session.activity_mark();
         let mut seen = lock(&self.seen);
         let quiet = mark.is_some() && *seen == mark;
         *seen = mark;
@@ -255,9 +255,9 @@ fn drain_idle(sessions: &[(Arc<Inner>, Arc<Drain>)]) {
             if !polled || !fd.revents().is_empty() || session.has_work_waiting() {
                 // A panic here (a waker, a tracing subscriber) must not end the thread that
                 // every session's reports, checks and drains depend on.
-                unless_panics(session, "a drain", || session.pump_some(DRAIN_READS));
-                // What this pump took is not a reader's doing.
-                *lock(&drain.seen) = session.idle_mark();
+                unless_panics(session, "a drain", || session.rescue(DRAIN_READS));
+                // What this pump took is not a waiter's doing.
+                *lock(&drain.seen) = session.activity_mark();
             }
         }
     }

@@ -115,7 +115,7 @@ impl Session {
     /// Waits for the next stream the peer opens (server side), up to `timeout` if given.
     pub fn accept_stream(&self, timeout: Option<Duration>) -> Result<Stream, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut slot = WaitSlot::new();
+        let mut slot = WaitSlot::acceptor();
         let shared = block_on(poll_fn(|cx| {
             self.inner.poll_accept(cx, &mut slot, deadline)
         }))?;

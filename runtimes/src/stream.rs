@@ -44,10 +44,9 @@ struct RecvState {
 }
 
 impl RecvState {
-    fn wake(&mut self) {
-        if let Some(w) = self.reader.take() {
-            w.wake();
-        }
+    /// The reader's waker, to call once the lock is released.
+    fn take_waker(&mut self) -> Option<Waker> {
+        self.reader.take()
     }
 }
 
@@ -75,29 +74,50 @@ impl StreamShared {
         }
     }
 
-    /// Appends received bytes; a piece for a stream closed locally comes back to be recycled.
-    pub(crate) fn push(&self, piece: Piece) -> Option<Piece> {
-        let mut recv = lock(&self.recv);
-        if recv.local_closed {
-            return Some(piece);
-        }
-        recv.buffer.push(piece);
-        recv.wake();
-        None
+    pub(crate) fn id(&self) -> u32 {
+        self.id
     }
 
-    pub(crate) fn peer_closed(&self) {
+    /// Appends a run of received pieces under one lock (emptying `pieces`); for a stream
+    /// closed locally they go to `recycle` instead. Returns the reader's waker, to call once
+    /// every lock is released.
+    pub(crate) fn push_all(
+        &self,
+        pieces: &mut Vec<Piece>,
+        mut recycle: impl FnMut(Segment),
+    ) -> Option<Waker> {
+        let mut recv = lock(&self.recv);
+        if recv.local_closed {
+            drop(recv);
+            for piece in pieces.drain(..) {
+                if let Piece::Shm(segment) = piece {
+                    recycle(segment);
+                }
+            }
+            return None;
+        }
+        for piece in pieces.drain(..) {
+            recv.buffer.push(piece);
+        }
+        recv.take_waker()
+    }
+
+    /// The peer closed the stream; returns the reader's waker (call it unlocked).
+    #[must_use]
+    pub(crate) fn peer_closed(&self) -> Option<Waker> {
         // SYNC: Release; pairs with the Acquire load in Link::route.
         self.status.fetch_or(PEER_CLOSED, Ordering::Release);
         let mut recv = lock(&self.recv);
         recv.peer_closed = true;
-        recv.wake();
+        recv.take_waker()
     }
 
-    pub(crate) fn session_closed(&self, reason: &CloseReason) {
+    /// The session closed; returns the reader's waker (call it unlocked).
+    #[must_use]
+    pub(crate) fn session_closed(&self, reason: &CloseReason) -> Option<Waker> {
         let mut recv = lock(&self.recv);
         recv.session_closed = Some(reason.clone());
-        recv.wake();
+        recv.take_waker()
     }
 }
 
@@ -150,14 +170,17 @@ impl Link {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        {
+        let waker = {
             let mut recv = lock(&self.shared.recv);
             recv.local_closed = true;
             let inner = &self.inner;
             recv.buffer.drain(|segment| inner.recycle(segment));
-            recv.wake();
+            recv.take_waker()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.inner.close_stream(self.id());
+        self.inner.close_stream(self.id(), self.is_fallback());
     }
 
     /// Whether this stream now sends over the socket because shared memory ran out.
