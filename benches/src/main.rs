@@ -15,6 +15,7 @@
 //! `benches/latency.svg`.
 
 mod machine;
+mod parallel;
 mod report;
 mod slot;
 mod transports;
@@ -79,6 +80,10 @@ struct Plan {
     stream_budget: Duration,
     /// Client threads sharing one pool (`SessionManager`).
     pooled_threads: Vec<usize>,
+    /// Parallel ping-pong: sizes, concurrent streams, time per row.
+    parallel_sizes: Vec<usize>,
+    parallel: Vec<usize>,
+    parallel_budget: Duration,
 }
 
 impl Plan {
@@ -94,6 +99,9 @@ impl Plan {
             streams: vec![1, 16, 256, 1000],
             stream_budget: Duration::from_millis(500),
             pooled_threads: vec![1, 4, 16],
+            parallel_sizes: vec![64, 4096],
+            parallel: vec![1, 2, 8, 32, 256],
+            parallel_budget: Duration::from_millis(400),
         }
     }
 
@@ -109,6 +117,9 @@ impl Plan {
             streams: vec![1, 16, 256, 1000],
             stream_budget: Duration::from_secs(2),
             pooled_threads: vec![1, 4, 16, 64],
+            parallel_sizes: vec![64, 4096, 64 << 10],
+            parallel: vec![1, 2, 8, 32, 256],
+            parallel_budget: Duration::from_secs(1),
         }
     }
 
@@ -124,6 +135,9 @@ impl Plan {
             streams: vec![1, 16],
             stream_budget: Duration::from_millis(100),
             pooled_threads: vec![1, 4],
+            parallel_sizes: vec![64],
+            parallel: vec![1, 2],
+            parallel_budget: Duration::from_millis(50),
         }
     }
 }
@@ -357,6 +371,7 @@ fn run_pipelined(plan: &Plan, report: &mut Report) -> Result<(), String> {
             let mut rates = Vec::new();
             let mut wakeups = Vec::new();
             let mut reads = Vec::new();
+            let mut fallbacks = Vec::new();
             for round in 0..plan.rounds {
                 machine::wait_idle(0.15, Duration::from_secs(5));
                 let count = plan.pipeline_count;
@@ -378,6 +393,9 @@ fn run_pipelined(plan: &Plan, report: &mut Report) -> Result<(), String> {
                 if let (Some(a), Some(b)) = (w0, client.wakeups_sent()) {
                     wakeups.push((b - a) as f64 / count as f64);
                 }
+                if let Some(f) = client.fallbacks() {
+                    fallbacks.push(f as f64);
+                }
                 drop(client);
                 peer.finish();
                 rates.push(count as f64 / elapsed.as_secs_f64());
@@ -389,12 +407,14 @@ fn run_pipelined(plan: &Plan, report: &mut Report) -> Result<(), String> {
                 rate: median(rates),
                 wakeups: (!wakeups.is_empty()).then(|| median(wakeups)),
                 reads: median(reads),
+                fallbacks: (!fallbacks.is_empty()).then(|| fallbacks.iter().copied().fold(0.0, f64::max)),
             };
             eprintln!(
-                "pipelined {:>6} {:<28} {:>12.0} msg/s",
+                "pipelined {:>6} {:<28} {:>12.0} msg/s, {} fell back",
                 report::bytes(size),
                 kind.name(),
-                p.rate
+                p.rate,
+                p.fallbacks.map_or("n/a".into(), |f| format!("{f:.0}"))
             );
             report.pipelined.push(p);
         }
@@ -586,6 +606,15 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
     run_pipelined(plan, &mut report)?;
     run_scale(plan, &mut report)?;
     run_pooled(plan, &mut report)?;
+    if !args.iter().any(|a| a == "--no-parallel") {
+        parallel::run(
+            &plan.parallel_sizes,
+            &plan.parallel,
+            plan.parallel_budget,
+            &mut report.parallel,
+        )?;
+        report.idle = Some(parallel::run_idle(64, plan.stream_budget)?);
+    }
     let (dir, md_name, plot_path, plot_ref) = if write {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         (
@@ -621,6 +650,7 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
     println!("{}", report.pipelined_table());
     println!("{}", report.scale_table());
     println!("{}", report.pooled_table());
+    println!("{}", report.parallel_table());
     for line in report.verdicts() {
         println!("{line}");
     }

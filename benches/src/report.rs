@@ -33,6 +33,54 @@ impl PingPong {
     }
 }
 
+/// A client runtime of the parallel section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Par {
+    /// P unix-socket connections, a thread each.
+    Unix,
+    /// shmlink, P threads on one session.
+    Blocking,
+    /// shmlink, P tasks on a 2-worker tokio runtime, one session.
+    Tokio,
+    /// shmlink, P tasks on smol's executor (two threads), one session.
+    Smol,
+}
+
+impl Par {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Par::Unix => "unix-socket",
+            Par::Blocking => "shmlink-blocking",
+            Par::Tokio => "shmlink-tokio",
+            Par::Smol => "shmlink-smol",
+        }
+    }
+}
+
+/// One row of the parallel ping-pong section.
+#[derive(Clone, Debug)]
+pub(crate) struct Parallel {
+    pub(crate) par: Par,
+    /// Concurrent streams (or connections).
+    pub(crate) p: usize,
+    pub(crate) size: usize,
+    /// Round trips per second, all streams.
+    pub(crate) rate: f64,
+    /// CPU ns per round trip: harness, peer.
+    pub(crate) cpu_ns: [f64; 2],
+    /// Messages the client sent over the socket because shared memory could not take them.
+    pub(crate) fallbacks: Option<u64>,
+}
+
+/// One active stream beside idle readers.
+#[derive(Clone, Debug)]
+pub(crate) struct Idle {
+    pub(crate) readers: usize,
+    pub(crate) alone: f64,
+    pub(crate) beside: f64,
+}
+
+
 /// One pipelined run.
 #[derive(Clone, Debug)]
 pub(crate) struct Pipelined {
@@ -44,8 +92,10 @@ pub(crate) struct Pipelined {
     pub(crate) rate: f64,
     /// Sender's wake-ups of the receiver per message, where known.
     pub(crate) wakeups: Option<f64>,
-    /// Receiver's reads (socket reads or views) per message.
+    /// Receiver's reads (socket reads, or read calls) per message.
     pub(crate) reads: f64,
+    /// Messages sent over the socket because shared memory could not take them (shmlink).
+    pub(crate) fallbacks: Option<f64>,
 }
 
 /// One streams-at-scale run.
@@ -76,6 +126,10 @@ pub(crate) struct Report {
     pub(crate) scale: Vec<Scale>,
     /// A pooled client (`SessionManager`, 64 B requests); `streams` counts client threads.
     pub(crate) pooled: Vec<Scale>,
+    /// Parallel ping-pong: P streams on one session against P unix-socket connections.
+    pub(crate) parallel: Vec<Parallel>,
+    /// One active stream beside idle readers.
+    pub(crate) idle: Option<Idle>,
 }
 
 /// A duration in the unit that suits it.
@@ -149,8 +203,8 @@ impl Report {
     /// The pipelined table (markdown).
     pub(crate) fn pipelined_table(&self) -> String {
         let mut t = String::from(
-            "| size | transport | messages/s | x unix socket | wake-ups sent/msg | receiver reads/msg |\n\
-             | ---: | --- | ---: | ---: | ---: | ---: |\n",
+            "| size | transport | messages/s | x unix socket | wake-ups sent/msg | receiver reads/msg | fell back (msgs) |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for p in &self.pipelined {
             let unix = self
@@ -158,18 +212,134 @@ impl Report {
                 .iter()
                 .find(|u| u.kind == Kind::Unix && u.size == p.size)
                 .map(|u| u.rate);
+            let fell = p.fallbacks.unwrap_or(0.0) > 0.0;
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.0} | {} | {} | {:.3} |",
+                "| {} | {}{} | {:.0} | {} | {} | {:.4} | {} |",
                 bytes(p.size),
                 p.kind.name(),
+                if fell { " (**fell back: measures the socket**)" } else { "" },
                 p.rate,
                 unix.map_or("-".into(), |u| format!("{:.2}", p.rate / u)),
                 p.wakeups.map_or("n/a".into(), |w| format!("{w:.4}")),
                 p.reads,
+                p.fallbacks.map_or("n/a".into(), |f| format!("{f:.0}")),
             );
         }
         t
+    }
+
+    /// The parallel ping-pong table (markdown).
+    pub(crate) fn parallel_table(&self) -> String {
+        let mut t = String::from(
+            "| size | P | transport | round trips/s | ns/op | x unix socket (same P) | x P = 1 (same runtime) | CPU/op harness | CPU/op peer | fell back |\n\
+             | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for r in &self.parallel {
+            let unix = self
+                .parallel
+                .iter()
+                .find(|u| u.par == Par::Unix && u.size == r.size && u.p == r.p)
+                .map(|u| u.rate);
+            let one = self
+                .parallel
+                .iter()
+                .find(|u| u.par == r.par && u.size == r.size && u.p == 1)
+                .map(|u| u.rate);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                bytes(r.size),
+                r.p,
+                r.par.name(),
+                r.rate,
+                1e9 / r.rate,
+                unix.map_or("-".into(), |u| format!("{:.2}", r.rate / u)),
+                one.map_or("-".into(), |o| format!("{:.2}", r.rate / o)),
+                time(r.cpu_ns[0]),
+                time(r.cpu_ns[1]),
+                r.fallbacks.map_or("n/a".into(), |f| f.to_string()),
+            );
+        }
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                t,
+                "\nOne active stream (blocking, 64 B) beside {} idle readers on the same session: {:.0} round trips/s, against {:.0} alone ({:.0} %).",
+                i.readers,
+                i.beside,
+                i.alone,
+                100.0 * i.beside / i.alone
+            );
+        }
+        t
+    }
+
+    /// Verdicts of the parallel section.
+    fn parallel_verdicts(&self, v: &mut Vec<String>) {
+        if self.parallel.is_empty() {
+            return;
+        }
+        for par in [Par::Blocking, Par::Tokio, Par::Smol] {
+            let mut worst_unix: Option<(f64, usize, usize)> = None;
+            let mut worst_one: Option<(f64, usize, usize)> = None;
+            let mut fell = 0;
+            for r in self.parallel.iter().filter(|r| r.par == par && r.p >= 2 && r.size <= 4096) {
+                if r.fallbacks.unwrap_or(0) > 0 {
+                    fell += 1;
+                    continue;
+                }
+                let find = |pp: Par, p: usize| {
+                    self.parallel
+                        .iter()
+                        .find(|u| u.par == pp && u.size == r.size && u.p == p)
+                        .map(|u| u.rate)
+                };
+                if let Some(u) = find(Par::Unix, r.p) {
+                    let x = r.rate / u;
+                    if worst_unix.is_none_or(|w| x < w.0) {
+                        worst_unix = Some((x, r.p, r.size));
+                    }
+                }
+                if let Some(o) = find(par, 1) {
+                    let x = r.rate / o;
+                    if worst_one.is_none_or(|w| x < w.0) {
+                        worst_one = Some((x, r.p, r.size));
+                    }
+                }
+            }
+            if fell > 0 {
+                v.push(format!(
+                    "- Parallel ping-pong, {}: **no verdict**: {fell} rows had messages fall back to the socket",
+                    par.name()
+                ));
+                continue;
+            }
+            if let Some((x, p, size)) = worst_unix {
+                v.push(format!(
+                    "- Parallel ping-pong 64 B to 4 KiB, P = 2 and up, {}: at least 2 x P unix-socket connections: {} (worst {x:.2} x at P = {p}, {})",
+                    par.name(),
+                    if x >= 2.0 { "**met**" } else { "**shortfall**" },
+                    bytes(size)
+                ));
+            }
+            if let Some((x, p, size)) = worst_one {
+                v.push(format!(
+                    "- Parallel ping-pong 64 B to 4 KiB, {}: more streams never slower than P = 1: {} (worst {x:.2} x the P = 1 rate at P = {p}, {})",
+                    par.name(),
+                    if x >= 1.0 { "**met**" } else { "**shortfall**" },
+                    bytes(size)
+                ));
+            }
+        }
+        if let Some(i) = &self.idle {
+            let share = i.beside / i.alone;
+            v.push(format!(
+                "- One active stream beside {} idle readers keeps at least 80 % of its rate alone: {} ({:.0} %)",
+                i.readers,
+                if share >= 0.8 { "**met**" } else { "**shortfall**" },
+                100.0 * share
+            ));
+        }
     }
 
     /// The streams-at-scale table (markdown).
@@ -295,11 +465,19 @@ impl Report {
             (Some(s), Some(u)) => {
                 let ratio = s.rate / u.rate;
                 let w = s.wakeups.unwrap_or(f64::NAN);
-                let met = ratio >= 10.0 && w < 0.05;
-                format!(
-                    "- Pipelined 64 B one way, at least 10 x the unix-socket message rate with under 0.05 wake-ups per message: {} ({ratio:.2} x, {w:.4} wake-ups per message)",
-                    if met { "**met**" } else { "**shortfall**" }
-                )
+                let fell = s.fallbacks.unwrap_or(0.0);
+                let met = ratio >= 10.0 && w < 0.05 && s.reads < 0.05;
+                if fell > 0.0 {
+                    format!(
+                        "- Pipelined 64 B one way: **no verdict**: {fell:.0} messages fell back to the socket"
+                    )
+                } else {
+                    format!(
+                        "- Pipelined 64 B one way through shared memory (0 fell back), at least 10 x the unix-socket message rate with under 0.05 wake-ups and 0.05 reader calls per message: {} ({ratio:.2} x, {w:.4} wake-ups, {:.4} reads per message)",
+                        if met { "**met**" } else { "**shortfall**" },
+                        s.reads
+                    )
+                }
             }
             _ => "- Pipelined 64 B: not measured in this run".into(),
         });
@@ -315,7 +493,7 @@ impl Report {
             }
             let allocs = rows.into_iter().fold(0.0, f64::max);
             v.push(format!(
-                "- Zero allocations per round trip, {}: {} (worst size: {allocs:.2} per round trip in the harness process)",
+                "- Zero allocations per round trip, {}: {} (worst size: {allocs:.4} per round trip in the harness process)",
                 kind.name(),
                 if allocs == 0.0 { "**met**" } else { "**shortfall**" }
             ));
@@ -333,6 +511,7 @@ impl Report {
             ),
             _ => "- 1,000 streams: not measured in this run".into(),
         });
+        self.parallel_verdicts(&mut v);
         v
     }
 
@@ -370,6 +549,13 @@ impl Report {
                 "\n### Pooled client (`SessionManager` of 4 sessions, blocking; every 64 B request borrows a pooled stream and returns it)\n"
             );
             m.push_str(&self.pooled_table());
+        }
+        if !self.parallel.is_empty() {
+            let _ = writeln!(
+                m,
+                "\n### Parallel ping-pong: P streams on one session (shmipc-go's BenchmarkParallelPingPong shape; ns/op = wall time / all round trips), against P unix-socket connections\n\nClient in the harness process (threads, tasks on a 2-worker tokio runtime, tasks on smol's executor with two threads), server in a peer process (a thread per stream or connection), Adaptive mode, every reply checked.\n"
+            );
+            m.push_str(&self.parallel_table());
         }
         m
     }

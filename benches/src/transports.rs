@@ -96,7 +96,7 @@ impl Kind {
     }
 }
 
-fn shmlink_config(mode: shmlink::SyncMode) -> shmlink::Config {
+pub(crate) fn shmlink_config(mode: shmlink::SyncMode) -> shmlink::Config {
     shmlink::Config {
         sync: mode,
         ..shmlink::Config::default()
@@ -126,6 +126,12 @@ pub(crate) trait Client {
     /// Wake-ups this side has sent the peer so far, when the transport can tell (shmlink:
     /// Polling frames).
     fn wakeups_sent(&self) -> Option<u64> {
+        None
+    }
+
+    /// Messages this side sent over the socket because shared memory could not take them
+    /// (shmlink: FallbackData frames), when the transport can tell.
+    fn fallbacks(&self) -> Option<u64> {
         None
     }
 
@@ -387,7 +393,7 @@ impl Drop for AsyncShmlinkClient {
     }
 }
 
-async fn shmlink_send_async(stream: &shmlink::AsyncStream, n: usize, fill: u8) -> io::Result<()> {
+pub(crate) async fn shmlink_send_async(stream: &shmlink::AsyncStream, n: usize, fill: u8) -> io::Result<()> {
     use bytes::BufMut;
     let mut r = stream.reserve(n).await?;
     r.put_bytes(fill, n);
@@ -395,7 +401,7 @@ async fn shmlink_send_async(stream: &shmlink::AsyncStream, n: usize, fill: u8) -
     Ok(())
 }
 
-async fn shmlink_recv_async(
+pub(crate) async fn shmlink_recv_async(
     stream: &mut shmlink::AsyncStream,
     n: usize,
 ) -> io::Result<Option<(u64, u64)>> {
@@ -453,6 +459,12 @@ impl Client for AsyncShmlinkClient {
             .as_ref()
             .map(|s| s.metrics().performance.send_sync_event_count)
     }
+
+    fn fallbacks(&self) -> Option<u64> {
+        self.session
+            .as_ref()
+            .map(|s| s.metrics().stability.fallback_write_count)
+    }
 }
 
 async fn shmlink_pong_async(mut stream: shmlink::AsyncStream, n: usize) -> io::Result<()> {
@@ -483,9 +495,18 @@ fn serve_shmlink_async(listener: shmlink::Listener, rt: Rt, mode: Mode) -> io::R
                 shmlink_pong_async(stream, n).await?
             }
             Mode::Pipeline(n, count) => {
-                let (sum, views) = shmlink_recv_async(&mut stream, n * count)
-                    .await?
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                let (mut left, mut sum, mut views) = (n * count, 0u64, 0u64);
+                while left > 0 {
+                    let batch = stream
+                        .read_batch()
+                        .await?
+                        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                    for piece in batch.iter() {
+                        sum = sum.wrapping_add(checksum(piece));
+                        left = left.saturating_sub(piece.len());
+                    }
+                    views += 1;
+                }
                 stream.send(&ack(sum, views)).await?;
                 let _ = stream.read_view().await;
             }
@@ -501,6 +522,23 @@ fn shmlink_send(stream: &shmlink::Stream, n: usize, fill: u8) -> io::Result<()> 
     r.put_bytes(fill, n); // through BufMut: straight into shared memory, no list of chunks
     r.commit_written()?;
     Ok(())
+}
+
+/// Reads `total` bytes of a pipelined burst zero copy, a batch (every piece received so far)
+/// per call: their checksum and how many calls it took.
+fn shmlink_drain(stream: &mut shmlink::Stream, total: usize) -> io::Result<(u64, u64)> {
+    let (mut left, mut sum, mut calls) = (total, 0u64, 0u64);
+    while left > 0 {
+        let batch = stream
+            .read_batch()?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        for piece in batch.iter() {
+            sum = sum.wrapping_add(checksum(piece));
+            left = left.saturating_sub(piece.len());
+        }
+        calls += 1;
+    }
+    Ok((sum, calls))
 }
 
 /// Reads `n` bytes zero copy, returning their checksum and how many views it took.
@@ -539,6 +577,10 @@ impl Client for ShmlinkClient {
 
     fn wakeups_sent(&self) -> Option<u64> {
         Some(self.session.metrics().performance.send_sync_event_count)
+    }
+
+    fn fallbacks(&self) -> Option<u64> {
+        Some(self.session.metrics().stability.fallback_write_count)
     }
 }
 
@@ -590,8 +632,7 @@ fn serve_shmlink(listener: shmlink::Listener, mode: Mode) -> io::Result<()> {
     match mode {
         Mode::PingPong(n) | Mode::Streams(n) | Mode::Pooled(n, _) => shmlink_pong(stream, n)?,
         Mode::Pipeline(n, count) => {
-            let (sum, views) = shmlink_recv(&mut stream, n * count)?
-                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let (sum, views) = shmlink_drain(&mut stream, n * count)?;
             stream.send(&ack(sum, views))?;
             let _ = stream.read_view();
         }
@@ -817,6 +858,25 @@ pub(crate) fn run_peer(kind: Kind, endpoint: &Path, max: usize, mode: Mode) -> i
             let _ = std::fs::remove_file(endpoint);
             let l = UnixListener::bind(endpoint)?;
             ready("");
+            if let Mode::Streams(_) = mode {
+                // The parallel section: a connection per client stream, a thread per
+                // connection, until the client stops connecting (a zero-length hello).
+                let mut workers = Vec::new();
+                loop {
+                    let (mut s, _) = l.accept()?;
+                    let mut hello = [0u8; 1];
+                    s.read_exact(&mut hello)?;
+                    if hello[0] == 0 {
+                        break;
+                    }
+                    workers.push(std::thread::spawn(move || serve_stream(s, mode)));
+                }
+                let _ = std::fs::remove_file(endpoint);
+                for w in workers {
+                    let _ = w.join();
+                }
+                return Ok(());
+            }
             let (s, _) = l.accept()?;
             let _ = std::fs::remove_file(endpoint);
             serve_stream(s, mode)

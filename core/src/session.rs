@@ -390,12 +390,21 @@ impl Session {
     /// Records a fallback frame of `bytes` on `id`: the stream stays on the socket from now on
     /// and the breaker opens.
     pub fn sent_fallback(&mut self, id: u32, bytes: u64, now_ms: u64) {
+        self.sent_fallback_data(id, bytes, now_ms, true);
+    }
+
+    /// [`sent_fallback`](Self::sent_fallback), tripping the circuit breaker only if
+    /// `exhausted`: a write larger than all shared memory could never fit, so its fallback is
+    /// no sign that memory ran out and must not refuse new streams.
+    pub fn sent_fallback_data(&mut self, id: u32, bytes: u64, now_ms: u64, exhausted: bool) {
         if let Some(e) = self.streams.get_mut(&id) {
             e.fallback = true;
         }
         self.metrics.performance.out_flow_bytes += bytes;
         self.metrics.stability.fallback_write_count += 1;
-        self.trip_breaker(now_ms);
+        if exhausted {
+            self.trip_breaker(now_ms);
+        }
     }
 
     /// Closes `id` locally and says what to send. A stream the peer already closed closes

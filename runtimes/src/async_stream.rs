@@ -437,6 +437,22 @@ impl AsyncStream {
         self.read.read_buf(&link, n).await
     }
 
+    /// Everything received so far as zero-copy pieces, waiting only for the first: one call
+    /// for a whole burst of messages. Cancellation-safe.
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// use bytes::Buf;
+    /// while let Some(batch) = stream.read_batch().await? {
+    ///     println!("{} bytes in {} pieces", batch.remaining(), batch.iter().count());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_batch(&mut self) -> Result<Option<Pieces>, Error> {
+        let link = Arc::clone(self.link());
+        self.read.read_batch(&link).await
+    }
+
     /// Closes the stream: unread data is recycled and the peer is told (it reads to the end
     /// of what was sent, then sees the end). Idempotent; dropping the stream does the same.
     ///

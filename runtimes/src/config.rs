@@ -9,6 +9,39 @@ use crate::Error;
 
 pub use shmlink_core::handshake::MemMode;
 
+/// shmlink's default size classes (slice size, percent of the buffer region). Go's defaults
+/// ([`GO_SIZE_CLASSES`]: 8 / 32 / 128 KiB) give a 64 B message an 8 KiB slice, so the default
+/// 32 MiB region holds only about 2,000 small messages in flight and a burst falls back to the
+/// socket. These put 256 B (about 13,100 of them) and 1 KiB slices (about 3,300) first and keep
+/// Go's three classes for larger messages. Sizes are 20 bytes short of a round number: the
+/// slice header (PROTOCOL.md 4.2).
+pub const SIZE_CLASSES: [SizeClass; 5] = [
+    SizeClass {
+        size: 236,
+        percent: 10,
+    },
+    SizeClass {
+        size: 1004,
+        percent: 10,
+    },
+    SizeClass {
+        size: 8172,
+        percent: 40,
+    },
+    SizeClass {
+        size: 32748,
+        percent: 25,
+    },
+    SizeClass {
+        size: 131_052,
+        percent: 15,
+    },
+];
+
+/// shmipc-go's default size classes (8 / 32 / 128 KiB at 50 / 30 / 20 %), for a region laid
+/// out exactly as Go's default one.
+pub const GO_SIZE_CLASSES: [SizeClass; 3] = DEFAULT_SIZE_CLASSES;
+
 /// What a write does when shared memory (or the IO queue) cannot take it now.
 ///
 /// The default is [`Fallback`](Exhaustion::Fallback), Go's behaviour, so that a Go peer and
@@ -87,7 +120,10 @@ pub struct Config {
     pub queue_cap: u32,
     /// Bytes of the buffer region (default 32 MiB, at least 1 MiB).
     pub buffer_capacity: usize,
-    /// Slice sizes and their share of the buffer region (default: Go's 8 / 32 / 128 KiB).
+    /// Slice sizes and their share of the buffer region (default [`SIZE_CLASSES`]: 256 B and
+    /// 1 KiB slices before Go's 8 / 32 / 128 KiB ones, so a burst of small messages stays in
+    /// shared memory). The creator of the region (the client) decides; every peer, shmipc-go
+    /// and CloudWeGo's `shmipc` included, reads the classes from the region's header.
     pub size_classes: Vec<SizeClass>,
     /// Prefix of region names; the client adds its pid and a random part.
     pub path_prefix: String,
@@ -182,7 +218,7 @@ impl Default for Config {
             mem_mode: MemMode::Memfd,
             queue_cap: 8192,
             buffer_capacity: 32 << 20,
-            size_classes: DEFAULT_SIZE_CLASSES.to_vec(),
+            size_classes: SIZE_CLASSES.to_vec(),
             path_prefix: "/dev/shm/shmlink".to_owned(),
             initialize_timeout: Duration::from_secs(1),
             connection_write_timeout: Duration::from_secs(10),

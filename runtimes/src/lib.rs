@@ -308,7 +308,7 @@ pub mod smol {
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub use async_stream::{AsyncSession, AsyncStream, ReadHalf, WriteHalf};
-pub use config::{Config, Exhaustion, MemMode, SyncMode};
+pub use config::{Config, Exhaustion, GO_SIZE_CLASSES, MemMode, SIZE_CLASSES, SyncMode};
 pub use error::Error;
 pub use listener::{HandshakeFailure, Listener};
 #[cfg(any(feature = "tokio", feature = "smol"))]

@@ -53,6 +53,8 @@ impl RecvState {
 /// Bits of [`StreamShared::status`]: what a writer must know without a lock.
 const FALLBACK: u8 = 1;
 const PEER_CLOSED: u8 = 2;
+/// The stream's first fallback was a write larger than all shared memory.
+const OVERSIZE: u8 = 4;
 
 /// The part of a stream the session's pump shares with the application.
 pub(crate) struct StreamShared {
@@ -457,17 +459,23 @@ impl Link {
     }
 
     fn note_fallback(&self, len: usize) {
+        // A write larger than all shared memory could never fit: its fallback (and the
+        // stream's later writes, on the socket only because of it) say nothing about memory
+        // running out, so they do not trip the circuit breaker.
+        let oversize = len as u64 > usable(&self.inner.shm.buffers);
+        let bits = if oversize { FALLBACK | OVERSIZE } else { FALLBACK };
         // SYNC: Release; pairs with the Acquire loads in route and is_fallback.
-        let before = self.shared.status.fetch_or(FALLBACK, Ordering::Release);
+        let before = self.shared.status.fetch_or(bits, Ordering::Release);
         if before & FALLBACK == 0 {
             // Once per stream, not per message.
-            tracing::debug!(target: "shmlink::stream", session = self.inner.id, stream = self.id(), "stream falls back to the socket (shared memory exhausted)");
+            tracing::debug!(target: "shmlink::stream", session = self.inner.id, stream = self.id(), oversize, "stream falls back to the socket");
         }
+        let exhausted = !oversize && (before & OVERSIZE == 0 || before & FALLBACK == 0);
         let now = self.inner.now_ms();
         self.inner
             .lock_state()
             .core
-            .sent_fallback(self.id(), len as u64, now);
+            .sent_fallback_data(self.id(), len as u64, now, exhausted);
     }
 
     async fn send_fallback(&self, data: &[u8]) -> Result<(), Error> {
@@ -562,6 +570,21 @@ fn poll_readable(
         }
         None
     })
+}
+
+/// A received piece as `Bytes` from `offset` on: zero copy, the slice going back to its free
+/// list when the last `Bytes` of it is dropped.
+fn piece_bytes(inner: &Arc<Inner>, piece: Piece, offset: usize) -> Bytes {
+    match piece {
+        Piece::Shm(segment) => Bytes::from_owner(View {
+            inner: Arc::clone(inner),
+            kind: ViewKind::Shm {
+                segment,
+                start: offset as u32,
+            },
+        }),
+        Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
+    }
 }
 
 /// A wait slot that gives up its spin when the wait is dropped unfinished.
@@ -673,16 +696,7 @@ impl ReadSide {
                 }
                 return Ok(None);
             };
-            let bytes = match piece {
-                Piece::Shm(segment) => Bytes::from_owner(View {
-                    inner: Arc::clone(&link.inner),
-                    kind: ViewKind::Shm {
-                        segment,
-                        start: offset as u32,
-                    },
-                }),
-                Piece::Heap(vec) => Bytes::from(vec).slice(offset..),
-            };
+            let bytes = piece_bytes(&link.inner, piece, offset);
             // An empty piece (a peer may send an empty fallback frame) is no data: skip it,
             // so a `Buf` never shows an empty chunk with bytes remaining.
             if !bytes.is_empty() {
@@ -754,6 +768,34 @@ impl ReadSide {
             self.release_empty_rest();
         }
         Ok((pieces.remaining() > 0).then_some(pieces))
+    }
+
+    /// Everything received so far, as zero-copy pieces: waits (within the read timeout) for
+    /// the first, then takes every piece buffered under one lock. A pipelined reader pays its
+    /// fixed cost once per burst instead of once per message. `None` at the end of the stream.
+    pub(crate) async fn read_batch(&mut self, link: &Link) -> Result<Option<Pieces>, Error> {
+        let mut pieces = Pieces::default();
+        if !self.rest.is_empty() {
+            pieces.push(std::mem::take(&mut self.rest));
+        }
+        let deadline = self.deadline();
+        loop {
+            if pieces.remaining() == 0 && !self.readable(link, deadline).await? {
+                return Ok(None);
+            }
+            {
+                let mut recv = lock(&link.shared.recv);
+                while let Some((piece, offset)) = recv.buffer.pop_front() {
+                    let bytes = piece_bytes(&link.inner, piece, offset);
+                    if !bytes.is_empty() {
+                        pieces.push(bytes);
+                    }
+                }
+            }
+            if pieces.remaining() > 0 {
+                return Ok(Some(pieces));
+            }
+        }
     }
 
     /// An empty `rest` still holding its slice's owner would keep the slice from its free
@@ -934,6 +976,24 @@ impl Stream {
     /// [`bytes::Buf`]; waits for at least one byte. `Ok(None)` at the end of the stream.
     pub fn read_buf(&mut self, n: usize) -> Result<Option<Pieces>, Error> {
         block_on(self.read.read_buf(&self.link, n))
+    }
+
+    /// Everything received so far as zero-copy pieces ([`bytes::Buf`] over them), waiting
+    /// (within the read timeout) only for the first: one call for a whole burst of messages.
+    /// `Ok(None)` at the end of the stream.
+    ///
+    /// ```no_run
+    /// # fn demo(stream: &mut shmlink::Stream) -> Result<(), shmlink::Error> {
+    /// use bytes::Buf;
+    /// while let Some(mut batch) = stream.read_batch()? {
+    ///     while batch.remaining() >= 4 {
+    ///         let _word = batch.get_u32(); // across slice boundaries
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn read_batch(&mut self) -> Result<Option<Pieces>, Error> {
+        block_on(self.read.read_batch(&self.link))
     }
 
     /// Closes the stream: unread data is recycled and the peer is told (a close element, or

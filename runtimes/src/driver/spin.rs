@@ -37,11 +37,6 @@ pub(crate) fn spin_limit() -> usize {
     })
 }
 
-/// Threads of this process spinning now (for the benchmark's report).
-pub(crate) fn spinning_now() -> usize {
-    // SYNC: Relaxed; a reading for a report.
-    SPINNING.load(Ordering::Relaxed)
-}
 
 /// One waiter's spinning state, kept across its waits.
 #[derive(Debug, Default)]
