@@ -133,13 +133,20 @@ impl Registry {
         *ticket = Some(i);
     }
 
-    /// Makes the waiter the pump's owner if nobody owns it (or it already does); `false`: it
-    /// must sleep.
+    /// Makes the waiter the pump's owner if nobody owns it, if it already does, or if it is a
+    /// reader and an acceptor owns it (the reader is the one likely to receive next; the
+    /// acceptor sleeps on its own waker, losing nothing). A reader never takes the pump from
+    /// another reader: rotation on leaving is what keeps one busy thread from starving the
+    /// others. `false`: it must sleep.
     pub fn claim(&mut self, ticket: Ticket) -> bool {
         let Some(i) = ticket else {
             return false;
         };
-        if self.owner == NIL || self.owner == i {
+        let kind = |r: &Self, j: u32| r.entries.get(j as usize).map(|e| e.kind);
+        let over_acceptor = self.owner != NIL
+            && kind(self, i) == Some(Kind::Reader)
+            && kind(self, self.owner) == Some(Kind::Acceptor);
+        if self.owner == NIL || self.owner == i || over_acceptor {
             self.owner = i;
             if self.successor == i || self.successor == NIL {
                 self.successor = NIL;
@@ -347,9 +354,10 @@ mod tests {
         r.register(&mut c, Kind::Acceptor, &wc);
         r.register(&mut a, Kind::Reader, &wa);
         r.register(&mut b, Kind::Reader, &wb);
-        assert!(r.claim(a));
-        assert!(!r.claim(b));
+        assert!(r.claim(c), "an acceptor takes a vacant pump");
+        assert!(r.claim(a), "a reader takes the pump from an acceptor");
         assert!(!r.claim(c));
+        assert!(!r.claim(b), "but never from another reader");
         // The reader goes before the older acceptor.
         assert!(woke(r.leave(&mut a, true), &cb));
         assert!(!woke(None, &ca) && !woke(None, &cc));
@@ -406,12 +414,12 @@ mod tests {
         r.register(&mut a, Kind::Reader, &wa);
         r.register(&mut b, Kind::Acceptor, &wb);
         assert!(r.claim(a));
+        assert!(!r.claim(b));
         // The owner's task stopped polling; the watchdog hands over to someone else
         // (acceptors too), never back to the stale owner.
         assert!(woke(r.revoke(), &cb));
         assert!(r.owner().is_none());
         assert!(r.claim(b));
-        // The stale owner comes back later: it sleeps as an ordinary waiter.
-        assert!(!r.claim(a));
+        assert!(r.owns(b));
     }
 }

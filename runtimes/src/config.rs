@@ -12,21 +12,21 @@ pub use shmlink_core::handshake::MemMode;
 /// shmlink's default size classes (slice size, percent of the buffer region). Go's defaults
 /// ([`GO_SIZE_CLASSES`]: 8 / 32 / 128 KiB) give a 64 B message an 8 KiB slice, so the default
 /// 32 MiB region holds only about 2,000 small messages in flight and a burst falls back to the
-/// socket. These put 256 B (about 13,100 of them) and 1 KiB slices (about 3,300) first and keep
+/// socket. These put 256 B (about 6,500 of them) and 2 KiB slices (about 3,300) first and keep
 /// Go's three classes for larger messages. Sizes are 20 bytes short of a round number: the
 /// slice header (PROTOCOL.md 4.2).
 pub const SIZE_CLASSES: [SizeClass; 5] = [
     SizeClass {
         size: 236,
-        percent: 10,
+        percent: 5,
     },
     SizeClass {
-        size: 1004,
-        percent: 10,
+        size: 2028,
+        percent: 20,
     },
     SizeClass {
         size: 8172,
-        percent: 40,
+        percent: 35,
     },
     SizeClass {
         size: 32748,
@@ -64,7 +64,10 @@ pub const GO_SIZE_CLASSES: [SizeClass; 3] = DEFAULT_SIZE_CLASSES;
 pub enum Exhaustion {
     /// Send the bytes in a FallbackData frame on the socket (Go): the stream stays on the
     /// socket from then on, so bytes never overtake each other, and the circuit breaker
-    /// opens. A full queue is retried for about 100 ms, then [`Error::QueueFull`].
+    /// opens. Unlike Go, a reservation first waits up to 2 ms for the reader to give memory
+    /// back (a burst stays in shared memory), and a write larger than all shared memory,
+    /// which could never fit, does not open the breaker. A full queue is retried for about
+    /// 100 ms, then [`Error::QueueFull`].
     #[default]
     Fallback,
     /// Wait for the peer to give memory (or queue room) back, up to the stream's write
@@ -121,7 +124,7 @@ pub struct Config {
     /// Bytes of the buffer region (default 32 MiB, at least 1 MiB).
     pub buffer_capacity: usize,
     /// Slice sizes and their share of the buffer region (default [`SIZE_CLASSES`]: 256 B and
-    /// 1 KiB slices before Go's 8 / 32 / 128 KiB ones, so a burst of small messages stays in
+    /// 2 KiB slices before Go's 8 / 32 / 128 KiB ones, so a burst of small messages stays in
     /// shared memory). The creator of the region (the client) decides; every peer, shmipc-go
     /// and CloudWeGo's `shmipc` included, reads the classes from the region's header.
     pub size_classes: Vec<SizeClass>,

@@ -53,6 +53,9 @@ impl RecvState {
 /// Bits of [`StreamShared::status`]: what a writer must know without a lock.
 const FALLBACK: u8 = 1;
 const PEER_CLOSED: u8 = 2;
+/// How long a reservation waits for shared memory under [`Exhaustion::Fallback`] before the
+/// stream falls back to the socket.
+const FALLBACK_GRACE: Duration = Duration::from_millis(2);
 /// The stream's first fallback was a write larger than all shared memory.
 const OVERSIZE: u8 = 4;
 
@@ -243,6 +246,7 @@ impl Link {
         let deadline = self.write_deadline(write_timeout);
         let mut pause = Duration::from_micros(50);
         let mut timer: Option<Box<dyn Timer>> = None;
+        let mut grace = None;
         loop {
             // The slices as this process took them, kept in process memory: never read back
             // from links in shared memory, which the peer could rewrite.
@@ -257,6 +261,13 @@ impl Link {
                         .alloc_shm_error_count += 1;
                     let exhausted = Error::SharedMemoryExhausted { requested: n };
                     match self.inner.settings.on_exhaustion {
+                        // A burst outruns the reader for a moment: wait a little for memory
+                        // to come back before moving the stream to the socket for good (a
+                        // write that could never fit falls back at once).
+                        Exhaustion::Fallback
+                            if n as u64 <= usable(buffers)
+                                && *grace.get_or_insert_with(|| Instant::now() + FALLBACK_GRACE)
+                                    > Instant::now() => {}
                         Exhaustion::Fallback => return Ok(Reserved::Heap(vec![0; n])),
                         Exhaustion::Error => return Err(exhausted),
                         // Waiting cannot help a write larger than all the memory.

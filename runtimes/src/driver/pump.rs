@@ -87,11 +87,11 @@ impl Inner {
         for w in wakes {
             w.wake();
         }
-        let (owner, nobody) = {
+        let (owner, no_reader) = {
             let reg = self.waiters.registry();
-            (reg.owner().is_some(), reg.is_empty())
+            (reg.owner().is_some(), !reg.has_reader(None))
         };
-        if !owner && !(nobody && self.settings.hot()) {
+        if !owner && !(no_reader && self.settings.hot()) {
             self.lower_flag();
         }
     }

@@ -164,7 +164,8 @@ impl Inner {
             }
             // The owner pumps: the queue first (a cache line), the socket when about to sleep
             // or every SOCKET_EVERY while spinning (a system call).
-            let spin = slot.spin.may_spin(&self.settings, now);
+            // Acceptors never spin: a stream the peer opens is rare, a reader's data is not.
+            let spin = slot.kind == Kind::Reader && slot.spin.may_spin(&self.settings, now);
             let socket_due = !spin
                 || slot
                     .socket_at
@@ -252,24 +253,26 @@ impl Inner {
     }
 
     /// A waiter is done (`got_data`, or an error or timeout): it leaves the registry; if it
-    /// owned the pump, the oldest reader still waiting takes it over. With none, the working
-    /// flag stays up only if nobody waits at all and the mode is hot (the next read comes
-    /// soon; the monitor drains the session if it does not); otherwise it goes down, so the
-    /// peer's next push sends a Polling frame, which wakes an acceptor through the socket.
+    /// owned the pump, the oldest reader still waiting takes it over. With none, in a hot mode
+    /// the working flag stays up (the next read comes soon, and a server's waiting acceptor
+    /// must not cost its peer a Polling frame per message; if no reader comes back, the
+    /// monitor drains the session within `idle_drain_interval` and wakes the acceptor);
+    /// otherwise it goes down, so the peer's next push sends a Polling frame, which wakes an
+    /// acceptor through the socket.
     fn leave(&self, slot: &mut WaitSlot, got_data: bool) {
         slot.spin.finish(got_data, Instant::now());
         slot.socket_at = None;
-        let (owned, next, nobody) = {
+        let (owned, next, no_reader) = {
             let mut reg = self.waiters.registry();
             let owned = reg.owns(slot.ticket);
             let next = reg.leave(&mut slot.ticket, false);
-            (owned, next, reg.is_empty())
+            (owned, next, !reg.has_reader(None))
         };
         if let Some(w) = next {
             w.wake();
             return;
         }
-        if owned && !(nobody && self.settings.hot()) && !self.is_closed() {
+        if owned && !(no_reader && self.settings.hot()) && !self.is_closed() {
             self.lower_flag();
         }
     }
