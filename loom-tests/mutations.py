@@ -15,6 +15,24 @@ import sys
 
 # name: (file, original text, mutated text, test file, model name, expected "caught"/"missed")
 MUTATIONS = {
+    "leave-no-hand-off": (
+        "core/src/waiters.rs",
+        "        if (owned || was_successor) && self.owner == NIL {\n            return self.hand_off(acceptors);",
+        "        if false && (owned || was_successor) && self.owner == NIL {\n            return self.hand_off(acceptors);",
+        "waiters", "an_owner_leaving_hands_the_pump_to_a_sleeper", "missed",
+    ),
+    "vacant-wakes-nobody": (
+        "core/src/waiters.rs",
+        "            return self.entries[self.successor as usize].waker.clone();\n        }\n        self.hand_off(true)",
+        "            return self.entries[self.successor as usize].waker.clone();\n        }\n        None",
+        "waiters", "data_for_a_sleeper_arriving_while_the_pump_is_vacant_is_taken_in", "caught",
+    ),
+    "successor-leaves-silently": (
+        "core/src/waiters.rs",
+        "        if (owned || was_successor) && self.owner == NIL {",
+        "        if owned && self.owner == NIL {",
+        "waiters", "a_successor_cancelled_mid_hand_off_passes_it_on", "caught",
+    ),
     "fence-flag": (
         "core/src/queue.rs",
         "header.working.store(0, Ordering::SeqCst);\n        fence(Ordering::SeqCst);",
@@ -127,10 +145,19 @@ def run(name):
             env=env, capture_output=True, text=True, timeout=900,
         )
         build_failed = "error[" in r.stderr or "could not compile" in r.stderr
+        out = r.stdout + r.stderr
         if build_failed:
             result = "did not build"
+        elif "running 1 test" not in out:
+            # A renamed or missing model must never read as "missed (as expected)".
+            result = "model not found"
+        elif r.returncode != 0 and ("panicked" in out or "FAILED" in out or "SIGABRT" in out):
+            # The model itself failed (an assertion, a deadlock), not the build or the run.
+            result = "caught"
+        elif r.returncode != 0:
+            result = f"run failed without the model failing (exit {r.returncode})"
         else:
-            result = "caught" if r.returncode != 0 else "missed"
+            result = "missed"
     finally:
         for p, text in saved.items():
             open(p, "w").write(text)

@@ -407,7 +407,8 @@ fn run_pipelined(plan: &Plan, report: &mut Report) -> Result<(), String> {
                 rate: median(rates),
                 wakeups: (!wakeups.is_empty()).then(|| median(wakeups)),
                 reads: median(reads),
-                fallbacks: (!fallbacks.is_empty()).then(|| fallbacks.iter().copied().fold(0.0, f64::max)),
+                fallbacks: (!fallbacks.is_empty())
+                    .then(|| fallbacks.iter().copied().fold(0.0, f64::max)),
             };
             eprintln!(
                 "pipelined {:>6} {:<28} {:>12.0} msg/s, {} fell back",

@@ -8,11 +8,11 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::report::{Idle, Parallel, Par};
+use crate::report::{Idle, Par, Parallel};
 use crate::transports::{self, Client, Kind, Mode, SHMLINK, StreamRef, checksum};
 use crate::{Peer, check, machine};
 
@@ -30,7 +30,10 @@ struct Tally {
 
 impl Tally {
     fn fail(&self, e: String) {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+        self.error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(e);
         // SYNC: Relaxed; a stop flag polled in loops, ordering nothing.
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -72,7 +75,13 @@ fn unix_round_trip(sock: &mut UnixStream, buf: &mut [u8], fill: u8) -> std::io::
 }
 
 /// Runs P workers for `budget`; returns (round trips, wall seconds, fallbacks).
-fn measure(par: Par, p: usize, size: usize, budget: Duration, endpoint: &Path) -> Result<(u64, f64, u64), String> {
+fn measure(
+    par: Par,
+    p: usize,
+    size: usize,
+    budget: Duration,
+    endpoint: &Path,
+) -> Result<(u64, f64, u64), String> {
     let tally = Arc::new(Tally::default());
     let started;
     let mut fallbacks = 0;
@@ -93,7 +102,9 @@ fn measure(par: Par, p: usize, size: usize, budget: Duration, endpoint: &Path) -
                     let tally = &tally;
                     s.spawn(move || {
                         let mut buf = vec![0u8; size];
-                        work(tally, size, |fill| unix_round_trip(&mut sock, &mut buf, fill));
+                        work(tally, size, |fill| {
+                            unix_round_trip(&mut sock, &mut buf, fill)
+                        });
                     });
                 }
                 std::thread::sleep(budget);
@@ -102,15 +113,23 @@ fn measure(par: Par, p: usize, size: usize, budget: Duration, endpoint: &Path) -
             });
         }
         Par::Blocking => {
-            let session = shmlink::Session::connect(endpoint, transports::shmlink_config(shmlink::SyncMode::Adaptive))
+            let session = shmlink::Session::connect(
+                endpoint,
+                transports::shmlink_config(shmlink::SyncMode::Adaptive),
+            )
+            .map_err(|e| e.to_string())?;
+            let streams: Vec<_> = (0..p)
+                .map(|_| session.open_stream())
+                .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
-            let streams: Vec<_> = (0..p).map(|_| session.open_stream()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
             started = Instant::now();
             std::thread::scope(|s| {
                 for mut stream in streams {
                     let tally = &tally;
                     s.spawn(move || {
-                        work(tally, size, |fill| StreamRef(&mut stream).round_trip(size, fill));
+                        work(tally, size, |fill| {
+                            StreamRef(&mut stream).round_trip(size, fill)
+                        });
                     });
                 }
                 std::thread::sleep(budget);
@@ -126,8 +145,13 @@ fn measure(par: Par, p: usize, size: usize, budget: Duration, endpoint: &Path) -
                 .build()
                 .map_err(|e| e.to_string())?;
             let config = transports::shmlink_config(shmlink::SyncMode::Adaptive);
-            let session = rt.block_on(shmlink::tokio::connect(endpoint, config)).map_err(|e| e.to_string())?;
-            let streams: Vec<_> = (0..p).map(|_| session.open_stream()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            let session = rt
+                .block_on(shmlink::tokio::connect(endpoint, config))
+                .map_err(|e| e.to_string())?;
+            let streams: Vec<_> = (0..p)
+                .map(|_| session.open_stream())
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
             started = Instant::now();
             let tasks: Vec<_> = streams
                 .into_iter()
@@ -147,8 +171,12 @@ fn measure(par: Par, p: usize, size: usize, budget: Duration, endpoint: &Path) -
             let ex = Arc::new(async_executor::Executor::new());
             let (done_tx, done_rx) = async_io_channel();
             let config = transports::shmlink_config(shmlink::SyncMode::Adaptive);
-            let session = async_io::block_on(shmlink::smol::connect(endpoint, config)).map_err(|e| e.to_string())?;
-            let streams: Vec<_> = (0..p).map(|_| session.open_stream()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+            let session = async_io::block_on(shmlink::smol::connect(endpoint, config))
+                .map_err(|e| e.to_string())?;
+            let streams: Vec<_> = (0..p)
+                .map(|_| session.open_stream())
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
             started = Instant::now();
             let tasks: Vec<_> = streams
                 .into_iter()
@@ -224,13 +252,23 @@ async fn async_worker(tally: Arc<Tally>, mut stream: shmlink::AsyncStream, size:
 }
 
 /// The parallel ping-pong section.
-pub(crate) fn run(sizes: &[usize], ps: &[usize], budget: Duration, rows: &mut Vec<Parallel>) -> Result<(), String> {
+pub(crate) fn run(
+    sizes: &[usize],
+    ps: &[usize],
+    budget: Duration,
+    rows: &mut Vec<Parallel>,
+) -> Result<(), String> {
     for &size in sizes {
         for &p in ps {
             for par in [Par::Unix, Par::Blocking, Par::Tokio, Par::Smol] {
                 machine::wait_idle(0.15, Duration::from_secs(5));
-                let kind = if par == Par::Unix { Kind::Unix } else { SHMLINK };
-                let endpoint = transports::endpoint(kind, &format!("par-{}-{p}-{size}", par.name()));
+                let kind = if par == Par::Unix {
+                    Kind::Unix
+                } else {
+                    SHMLINK
+                };
+                let endpoint =
+                    transports::endpoint(kind, &format!("par-{}-{p}-{size}", par.name()));
                 let peer = Peer::start(kind, &endpoint, size, Mode::Streams(size))?;
                 let window = machine::Window::start(peer.pid());
                 let (ops, wall, fallbacks) = measure(par, p, size, budget, &endpoint)?;
@@ -251,7 +289,11 @@ pub(crate) fn run(sizes: &[usize], ps: &[usize], budget: Duration, rows: &mut Ve
                     par.name(),
                     row.rate,
                     1e9 / row.rate,
-                    if fallbacks > 0 { format!(", {fallbacks} fell back") } else { String::new() }
+                    if fallbacks > 0 {
+                        format!(", {fallbacks} fell back")
+                    } else {
+                        String::new()
+                    }
                 );
                 rows.push(row);
             }
@@ -268,8 +310,11 @@ pub(crate) fn run_idle(idle: usize, budget: Duration) -> Result<Idle, String> {
         machine::wait_idle(0.15, Duration::from_secs(5));
         let endpoint = transports::endpoint(SHMLINK, &format!("idle-{readers}"));
         let peer = Peer::start(SHMLINK, &endpoint, 64, Mode::Streams(64))?;
-        let session = shmlink::Session::connect(endpoint.as_path(), transports::shmlink_config(shmlink::SyncMode::Adaptive))
-            .map_err(|e| e.to_string())?;
+        let session = shmlink::Session::connect(
+            endpoint.as_path(),
+            transports::shmlink_config(shmlink::SyncMode::Adaptive),
+        )
+        .map_err(|e| e.to_string())?;
         let mut active = session.open_stream().map_err(|e| e.to_string())?;
         std::thread::scope(|s| {
             let mut idlers = Vec::new();
@@ -288,7 +333,9 @@ pub(crate) fn run_idle(idle: usize, budget: Duration) -> Result<Idle, String> {
             while start.elapsed() < budget {
                 n += 1;
                 let fill = fill_of(n);
-                let sum = StreamRef(&mut active).round_trip(64, fill).map_err(|e| e.to_string())?;
+                let sum = StreamRef(&mut active)
+                    .round_trip(64, fill)
+                    .map_err(|e| e.to_string())?;
                 check(sum, 64, fill)?;
             }
             rates[i] = n as f64 / start.elapsed().as_secs_f64();

@@ -80,7 +80,6 @@ pub(crate) struct Idle {
     pub(crate) beside: f64,
 }
 
-
 /// One pipelined run.
 #[derive(Clone, Debug)]
 pub(crate) struct Pipelined {
@@ -218,7 +217,11 @@ impl Report {
                 "| {} | {}{} | {:.0} | {} | {} | {:.4} | {} |",
                 bytes(p.size),
                 p.kind.name(),
-                if fell { " (**fell back: measures the socket**)" } else { "" },
+                if fell {
+                    " (**fell back: measures the socket**)"
+                } else {
+                    ""
+                },
                 p.rate,
                 unix.map_or("-".into(), |u| format!("{:.2}", p.rate / u)),
                 p.wakeups.map_or("n/a".into(), |w| format!("{w:.4}")),
@@ -283,7 +286,11 @@ impl Report {
             let mut worst_unix: Option<(f64, usize, usize)> = None;
             let mut worst_one: Option<(f64, usize, usize)> = None;
             let mut fell = 0;
-            for r in self.parallel.iter().filter(|r| r.par == par && r.p >= 2 && r.size <= 4096) {
+            for r in self
+                .parallel
+                .iter()
+                .filter(|r| r.par == par && r.p >= 2 && r.size <= 4096)
+            {
                 if r.fallbacks.unwrap_or(0) > 0 {
                     fell += 1;
                     continue;

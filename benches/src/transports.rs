@@ -393,7 +393,11 @@ impl Drop for AsyncShmlinkClient {
     }
 }
 
-pub(crate) async fn shmlink_send_async(stream: &shmlink::AsyncStream, n: usize, fill: u8) -> io::Result<()> {
+pub(crate) async fn shmlink_send_async(
+    stream: &shmlink::AsyncStream,
+    n: usize,
+    fill: u8,
+) -> io::Result<()> {
     use bytes::BufMut;
     let mut r = stream.reserve(n).await?;
     r.put_bytes(fill, n);

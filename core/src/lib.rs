@@ -36,8 +36,6 @@ pub mod frame;
 #[cfg(feature = "alloc")]
 pub mod handshake;
 pub mod queue;
-#[cfg(feature = "alloc")]
-pub mod waiters;
 #[allow(unsafe_code)]
 pub mod region;
 #[cfg(feature = "alloc")]
@@ -45,3 +43,5 @@ pub mod session;
 pub mod slice;
 #[allow(unsafe_code)]
 mod sync;
+#[cfg(feature = "alloc")]
+pub mod waiters;

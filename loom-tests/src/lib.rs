@@ -11,6 +11,9 @@
 //! - `tests/queue.rs`: IO queue order and content, the working-flag handshake (no lost
 //!   wake-up), a full queue under the handshake, a close pushed after a write from another
 //!   thread, two producers through the process-local lock.
+//! - `tests/waiters.rs`: the waiter registry and the pump's hand-off (an owner leaving while a
+//!   waiter registers, data for a sleeper while the pump is vacant, a successor cancelled
+//!   mid-hand-off).
 //! - `tests/buffer.rs`: free-list pop/push from threads standing for both processes, the
 //!   link publication with stale values that look valid and with junk, the ownership
 //!   ledger (a double recycle, two transitions on one word), a chain across lists received

@@ -266,7 +266,8 @@ impl Link {
                         // write that could never fit falls back at once).
                         Exhaustion::Fallback
                             if n as u64 <= usable(buffers)
-                                && *grace.get_or_insert_with(|| Instant::now() + FALLBACK_GRACE)
+                                && *grace
+                                    .get_or_insert_with(|| Instant::now() + FALLBACK_GRACE)
                                     > Instant::now() => {}
                         Exhaustion::Fallback => return Ok(Reserved::Heap(vec![0; n])),
                         Exhaustion::Error => return Err(exhausted),
@@ -474,7 +475,11 @@ impl Link {
         // stream's later writes, on the socket only because of it) say nothing about memory
         // running out, so they do not trip the circuit breaker.
         let oversize = len as u64 > usable(&self.inner.shm.buffers);
-        let bits = if oversize { FALLBACK | OVERSIZE } else { FALLBACK };
+        let bits = if oversize {
+            FALLBACK | OVERSIZE
+        } else {
+            FALLBACK
+        };
         // SYNC: Release; pairs with the Acquire loads in route and is_fallback.
         let before = self.shared.status.fetch_or(bits, Ordering::Release);
         if before & FALLBACK == 0 {

@@ -35,7 +35,6 @@ impl Inner {
             .await
     }
 
-
     /// Pushes `element`, waiting for queue room as the policy says. Returns whether the peer
     /// must be woken (the caller sends the Polling frame, once its slices are the peer's).
     ///

@@ -91,7 +91,8 @@ impl Inner {
             let reg = self.waiters.registry();
             (reg.owner().is_some(), !reg.has_reader(None))
         };
-        if !owner && !(no_reader && self.settings.hot()) {
+        let keep_up = owner || (no_reader && self.settings.hot());
+        if !keep_up {
             self.lower_flag();
         }
     }
@@ -244,8 +245,10 @@ impl Inner {
         // no Polling, so drain first, or the frame would overtake those elements.
         self.drain_queue(sink)?;
         let now = self.now_ms();
-        self.with_core(sink, false, |core, mut deliver| core.on_frame(frame, now, &mut deliver))
-            .map_err(|e| CloseReason::Violation(e.to_string()))
+        self.with_core(sink, false, |core, mut deliver| {
+            core.on_frame(frame, now, &mut deliver)
+        })
+        .map_err(|e| CloseReason::Violation(e.to_string()))
     }
 
     /// Pops every element of the receive queue and routes it (one state lock per batch).

@@ -37,7 +37,6 @@ pub(crate) fn spin_limit() -> usize {
     })
 }
 
-
 /// One waiter's spinning state, kept across its waits.
 #[derive(Debug, Default)]
 pub(crate) struct Spin {

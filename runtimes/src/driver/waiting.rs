@@ -303,11 +303,7 @@ impl Inner {
     pub(crate) fn rescue(&self, reads: usize) {
         let next = {
             let mut reg = self.waiters.registry();
-            if reg.is_empty() {
-                None
-            } else {
-                reg.revoke()
-            }
+            if reg.is_empty() { None } else { reg.revoke() }
         };
         if next.is_some() {
             tracing::debug!(target: "shmlink::session", session = self.id, "the pump's owner stopped; handed over");
