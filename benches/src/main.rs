@@ -6,6 +6,7 @@
 //! cargo run --release -p shmlink-bench -- --full       # every size, three interleaved rounds
 //! cargo run --release -p shmlink-bench -- --full --write-benchmarks   # regenerate BENCHMARKS.md
 //! cargo run --release -p shmlink-bench -- --smoke      # CI: smallest size, proves it works
+//! cargo run --release -p shmlink-bench -- --parallel-only  # only P streams on one session
 //! ```
 //!
 //! Every measurement starts a fresh peer process (this binary, `peer` subcommand), waits for
@@ -603,10 +604,13 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
             .collect(),
         None => Kind::all(),
     };
-    run_pingpong(plan, &kinds, &mut report)?;
-    run_pipelined(plan, &mut report)?;
-    run_scale(plan, &mut report)?;
-    run_pooled(plan, &mut report)?;
+    // `--parallel-only`: just the many-streams section (for iterating on the driver).
+    if !args.iter().any(|a| a == "--parallel-only") {
+        run_pingpong(plan, &kinds, &mut report)?;
+        run_pipelined(plan, &mut report)?;
+        run_scale(plan, &mut report)?;
+        run_pooled(plan, &mut report)?;
+    }
     if !args.iter().any(|a| a == "--no-parallel") {
         parallel::run(
             &plan.parallel_sizes,
@@ -634,7 +638,9 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
             "latency.svg".to_owned(),
         )
     };
-    report.plot(&plot_path)?;
+    if !report.pingpong.is_empty() {
+        report.plot(&plot_path)?;
+    }
     let mut md = report.markdown(Some(&plot_ref));
     if write {
         md = format!("{}\n{md}", benchmarks_preamble());

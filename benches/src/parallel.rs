@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use shmlink::SyncMode;
+
 use crate::report::{Idle, Par, Parallel};
 use crate::transports::{self, Client, Kind, Mode, SHMLINK, StreamRef, checksum};
 use crate::{Peer, check, machine};
@@ -262,10 +264,12 @@ pub(crate) fn run(
         for &p in ps {
             for par in [Par::Unix, Par::Blocking, Par::Tokio, Par::Smol] {
                 machine::wait_idle(0.15, Duration::from_secs(5));
-                let kind = if par == Par::Unix {
-                    Kind::Unix
-                } else {
-                    SHMLINK
+                // The server runs on the client's runtime: threads, tokio or smol tasks.
+                let kind = match par {
+                    Par::Unix => Kind::Unix,
+                    Par::Blocking => SHMLINK,
+                    Par::Tokio => Kind::Shmlink(transports::Rt::Tokio, SyncMode::Adaptive),
+                    Par::Smol => Kind::Shmlink(transports::Rt::Smol, SyncMode::Adaptive),
                 };
                 let endpoint =
                     transports::endpoint(kind, &format!("par-{}-{p}-{size}", par.name()));

@@ -486,7 +486,68 @@ async fn shmlink_pong_async(mut stream: shmlink::AsyncStream, n: usize) -> io::R
     }
 }
 
+/// The parallel section's async server: a task per stream, on a 2-worker tokio runtime or
+/// on smol's executor with two threads (as the client).
+fn serve_streams_async(listener: shmlink::Listener, rt: Rt, n: usize) -> io::Result<()> {
+    match rt {
+        Rt::Tokio => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let session = shmlink::tokio::accept(&listener).await?;
+                let mut tasks = Vec::new();
+                while let Ok(stream) = session.accept_stream(None).await {
+                    tasks.push(tokio::spawn(shmlink_pong_async(stream, n)));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Ok(())
+            })
+        }
+        _ => {
+            let ex = std::sync::Arc::new(async_executor::Executor::new());
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (ex, stop) = (std::sync::Arc::clone(&ex), std::sync::Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        async_io::block_on(ex.run(async move {
+                            // SYNC: Acquire; pairs with the Release store below.
+                            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                                async_io::Timer::after(std::time::Duration::from_millis(5)).await;
+                            }
+                        }))
+                    })
+                })
+                .collect();
+            let result = async_io::block_on(ex.run(async {
+                let session = shmlink::smol::accept(&listener).await?;
+                let mut tasks = Vec::new();
+                while let Ok(stream) = session.accept_stream(None).await {
+                    tasks.push(ex.spawn(shmlink_pong_async(stream, n)));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Ok::<(), io::Error>(())
+            }));
+            // SYNC: Release; pairs with the Acquire loads of the executor threads.
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            for t in threads {
+                let _ = t.join();
+            }
+            result
+        }
+    }
+}
+
 fn serve_shmlink_async(listener: shmlink::Listener, rt: Rt, mode: Mode) -> io::Result<()> {
+    if let Mode::Streams(n) = mode {
+        return serve_streams_async(listener, rt, n);
+    }
     let exec = Exec::new(rt)?;
     exec.block_on(async {
         let session = match rt {

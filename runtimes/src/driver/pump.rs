@@ -94,6 +94,7 @@ impl Inner {
         let keep_up = owner || (no_reader && self.settings.hot());
         if !keep_up {
             self.lower_flag();
+            self.watch_socket_if_vacant();
         }
     }
 

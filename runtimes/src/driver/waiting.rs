@@ -274,6 +274,7 @@ impl Inner {
         }
         if owned && !(no_reader && self.settings.hot()) && !self.is_closed() {
             self.lower_flag();
+            self.watch_socket_if_vacant();
         }
     }
 
@@ -309,6 +310,28 @@ impl Inner {
             tracing::debug!(target: "shmlink::session", session = self.id, "the pump's owner stopped; handed over");
         }
         self.pump_some(reads);
+        if let Some(w) = next {
+            w.wake();
+        }
+    }
+
+    /// The flag went down with the pump vacant: the peer's next push makes the socket
+    /// readable. Under tokio and smol the reactor keeps the interest the last pump armed and
+    /// wakes a successor through the session's waker; the blocking adapter has no reactor
+    /// (only an owner's thread polls the socket), so a waiter is woken now to own the pump
+    /// and watch the socket, acceptors included.
+    pub(super) fn watch_socket_if_vacant(&self) {
+        if !self.settings.blocking {
+            return;
+        }
+        let next = {
+            let mut reg = self.waiters.registry();
+            if reg.owner().is_some() || reg.is_empty() {
+                None
+            } else {
+                reg.wake_owner()
+            }
+        };
         if let Some(w) = next {
             w.wake();
         }

@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
@@ -83,11 +83,19 @@ thread_local! {
     static PARKER: Arc<Parker> = Arc::new(Parker::new());
 }
 
+/// Threads of this process woken from their sleep and not running yet: while there are any,
+/// a thread that spins (re-polls by waking itself) yields its CPU instead of busy-looping, so
+/// that on a machine with few CPUs the woken thread runs at once instead of waiting for the
+/// spinner's time slice to end.
+static WOKEN_NOT_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
 /// A thread's wake-up: a flag, and an eventfd written only when the thread sleeps.
 struct Parker {
     efd: Option<OwnedFd>,
     notified: AtomicBool,
     sleeping: AtomicBool,
+    /// Counted in [`WOKEN_NOT_RUNNING`] since a waker wrote the eventfd.
+    counted: AtomicBool,
 }
 
 impl Parker {
@@ -96,6 +104,7 @@ impl Parker {
             efd: rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok(),
             notified: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
         }
     }
 }
@@ -114,6 +123,10 @@ impl Wake for Parker {
         }
         if self.sleeping.load(Ordering::SeqCst) {
             if let Some(efd) = &self.efd {
+                // SYNC: Relaxed; a hint for spinners (see WOKEN_NOT_RUNNING), ordering nothing.
+                if !self.counted.swap(true, Ordering::Relaxed) {
+                    WOKEN_NOT_RUNNING.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
             }
         }
@@ -140,8 +153,14 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         }
         // SYNC: see wake_by_ref.
         if parker.notified.load(Ordering::SeqCst) {
-            // Woken while polling (a spin: the driver re-polls by waking itself).
-            std::hint::spin_loop();
+            // Woken while polling (a spin: the driver re-polls by waking itself). A thread
+            // woken elsewhere in the process and waiting for a CPU goes first.
+            // SYNC: Relaxed; a hint (see WOKEN_NOT_RUNNING).
+            if WOKEN_NOT_RUNNING.load(Ordering::Relaxed) > 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
             continue;
         }
         parker.sleeping.store(true, Ordering::SeqCst);
@@ -152,6 +171,10 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
             });
         }
         parker.sleeping.store(false, Ordering::SeqCst);
+        // SYNC: Relaxed; see WOKEN_NOT_RUNNING.
+        if parker.counted.swap(false, Ordering::Relaxed) {
+            WOKEN_NOT_RUNNING.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
