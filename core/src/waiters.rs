@@ -51,6 +51,8 @@ pub struct Registry {
     tail: u32,
     len: usize,
     owner: u32,
+    /// The owner sleeps (neither pumping nor spinning): a reader may take the pump from it.
+    owner_asleep: bool,
     /// The waiter woken to take the pump over that has not claimed it yet.
     successor: u32,
     /// Bumped by [`progress`](Self::progress): lets a watchdog tell an owner that stopped
@@ -83,6 +85,7 @@ impl Registry {
             tail: NIL,
             len: 0,
             owner: NIL,
+            owner_asleep: false,
             successor: NIL,
             progress: 0,
         }
@@ -134,12 +137,12 @@ impl Registry {
     }
 
     /// Makes the waiter the pump's owner if nobody owns it, if it already does, or if it is a
-    /// reader and an acceptor owns it (the reader is the one likely to receive next; the
-    /// acceptor sleeps on its own waker, losing nothing). A reader never takes the pump from
-    /// another reader: measured, even taking it only from readers that got no data lately
-    /// starved the others (8 blocking streams fell from 97 k to 10 k round trips/s), and
-    /// rotation on leaving is what keeps one busy thread from starving the rest. `false`: it
-    /// must sleep.
+    /// reader and the owner is an acceptor or sleeps (see [`owner_sleeps`](Self::owner_sleeps)):
+    /// the reader that came back is the one likely to receive next, and the one displaced
+    /// loses nothing (it sleeps on its own waker). A reader never takes the pump from a
+    /// reader that pumps or spins: measured, that starved the others (8 blocking streams fell
+    /// from 97 k to 10 k round trips/s); rotation on leaving keeps one busy thread from
+    /// starving the rest. `false`: it must sleep.
     pub fn claim(&mut self, ticket: Ticket) -> bool {
         let Some(i) = ticket else {
             return false;
@@ -147,15 +150,24 @@ impl Registry {
         let kind = |j: u32| self.entries.get(j as usize).map(|e| e.kind);
         let takes_over = self.owner != NIL
             && kind(i) == Some(Kind::Reader)
-            && kind(self.owner) == Some(Kind::Acceptor);
+            && (self.owner_asleep || kind(self.owner) == Some(Kind::Acceptor));
         if self.owner == NIL || self.owner == i || takes_over {
             self.owner = i;
+            self.owner_asleep = false;
             if self.successor == i || self.successor == NIL {
                 self.successor = NIL;
             }
             return true;
         }
         false
+    }
+
+    /// The owner goes to sleep (the flag is down, the socket armed): a reader that comes back
+    /// may take the pump from it. Cleared by the next claim.
+    pub fn owner_sleeps(&mut self, ticket: Ticket) {
+        if self.owns(ticket) {
+            self.owner_asleep = true;
+        }
     }
 
     /// Whether the waiter owns the pump.
@@ -227,6 +239,7 @@ impl Registry {
         let was_successor = self.successor == i;
         if owned {
             self.owner = NIL;
+            self.owner_asleep = false;
         }
         if was_successor {
             self.successor = NIL;
@@ -244,6 +257,7 @@ impl Registry {
             return None;
         }
         self.owner = NIL;
+        self.owner_asleep = false;
         self.hand_off_except(ticket, acceptors)
     }
 
@@ -269,6 +283,7 @@ impl Registry {
             (o, _) => Some(o),
         };
         self.owner = NIL;
+        self.owner_asleep = false;
         self.successor = NIL;
         self.hand_off_except(stale, true)
     }
@@ -359,7 +374,12 @@ mod tests {
         assert!(r.claim(c), "an acceptor takes a vacant pump");
         assert!(r.claim(a), "a reader takes the pump from an acceptor");
         assert!(!r.claim(c));
-        assert!(!r.claim(b), "but never from another reader");
+        assert!(!r.claim(b), "nor from another reader that works");
+        r.owner_sleeps(a);
+        assert!(r.claim(b), "but from one that sleeps");
+        assert!(!r.claim(a), "the new owner works until it sleeps");
+        r.owner_sleeps(b);
+        assert!(r.claim(a));
         // The reader goes before the older acceptor.
         assert!(woke(r.leave(&mut a, true), &cb));
         assert!(!woke(None, &ca) && !woke(None, &cc));

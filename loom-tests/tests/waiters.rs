@@ -1,8 +1,9 @@
 //! Loom model of the waiter registry and the pump's hand-off (core/src/waiters.rs), as the
 //! driver uses it (runtimes/src/driver/waiting.rs): readers register their waker, one owns the
 //! pump and drains the "queue" (delivering to every stream and waking its reader), the others
-//! sleep on their own waker; leaving hands the pump over; the socket's readiness wakes the
-//! owner or, with the pump vacant, a successor. The property: every reader whose data was
+//! sleep on their own waker; leaving hands the pump over; a reader may take the pump from an
+//! owner that sleeps; the socket's readiness wakes the owner or, with the pump vacant, a
+//! successor. The property: every reader whose data was
 //! sent gets it (no thread sleeps forever: loom reports a deadlock otherwise), whatever the
 //! interleaving of an owner leaving, a waiter registering, data arriving for a sleeper and a
 //! waiter cancelled in the middle of a hand-off. Each model prints how many interleavings it
@@ -164,6 +165,10 @@ impl Session {
             // taken in first.
             if owner && !self.lower_flag() {
                 continue;
+            }
+            if owner {
+                // A reader that comes back may take the pump from a sleeping owner.
+                self.reg.lock().unwrap().owner_sleeps(ticket);
             }
             if let Some(k) = give_up {
                 // A timed wait: the timer fires by itself (a yield), and after `k` of them

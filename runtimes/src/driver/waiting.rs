@@ -226,6 +226,8 @@ impl Inner {
                             continue;
                         }
                     }
+                    // A reader that comes back may take the pump from a sleeping owner.
+                    self.waiters.registry().owner_sleeps(slot.ticket);
                     return Poll::Pending;
                 }
                 Ok(Drain::Again) => {
