@@ -44,26 +44,50 @@ fn message(seq: u32, size: usize) -> Vec<u8> {
 
 #[test]
 fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (client, c, _server, mut s) = pair(small(Exhaustion::Wait));
     const COUNT: u32 = 200;
     const SIZE: usize = 40_000; // 3 slices each: 200 of them are 24 MiB through 1 MiB
-    let reader = std::thread::spawn(move || {
-        for seq in 0..COUNT {
-            let got = recv_framed(&mut s).unwrap().expect("a message");
-            assert!(
-                got == message(seq, SIZE),
-                "message {seq} wrong or out of order"
-            );
-            if seq % 10 == 0 {
-                std::thread::sleep(Duration::from_millis(5)); // a slow reader
+    // The precondition is forced, not hoped for: the reader starts only once the writer has
+    // found memory exhausted (and waits for it), whatever the machine's speed.
+    let ran_out = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let ran_out = &ran_out;
+        let reader = scope.spawn(move || {
+            let until = Instant::now() + Duration::from_secs(20);
+            // SYNC: Acquire; pairs with the Release store below.
+            while !ran_out.load(Ordering::Acquire) {
+                assert!(
+                    Instant::now() < until,
+                    "memory never ran out: the writer never waited"
+                );
+                std::thread::sleep(Duration::from_millis(1));
             }
+            for seq in 0..COUNT {
+                let got = recv_framed(&mut s).unwrap().expect("a message");
+                assert!(
+                    got == message(seq, SIZE),
+                    "message {seq} wrong or out of order"
+                );
+                if seq % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(5)); // a slow reader
+                }
+            }
+        });
+        let writer = scope.spawn(|| {
+            for seq in 0..COUNT {
+                send_framed(&c, &message(seq, SIZE)).unwrap();
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(20);
+        while client.metrics().stability.alloc_shm_error_count == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
         }
-        s
+        // SYNC: Release; pairs with the reader's Acquire load.
+        ran_out.store(true, Ordering::Release);
+        writer.join().unwrap();
+        reader.join().unwrap();
     });
-    for seq in 0..COUNT {
-        send_framed(&c, &message(seq, SIZE)).unwrap();
-    }
-    let _s = reader.join().unwrap();
     assert!(!c.is_fallback(), "no byte went to the socket");
     let m = client.metrics();
     assert_eq!(m.stability.fallback_write_count, 0);
@@ -71,6 +95,7 @@ fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
         m.stability.alloc_shm_error_count > 0,
         "memory did run out: {m:?}"
     );
+    assert_eq!(m.stability.refused_recycle_count, 0);
     assert!(client.is_healthy(), "the circuit breaker stayed closed");
 }
 
@@ -232,47 +257,68 @@ fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
     });
     let started = Instant::now();
     let log = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for w in 0..WRITERS {
-            let (client, log) = (&client, &log);
-            scope.spawn(move || {
-                for round in 0..ROUNDS {
-                    let tag = w * 1000 + round;
-                    let stream = loop {
-                        match client.open_stream() {
-                            Ok(s) => break s,
-                            // The breaker is open after a fallback: shared memory again soon.
-                            Err(Error::Unhealthy) => std::thread::sleep(Duration::from_millis(2)),
-                            Err(e) => panic!("open: {e}"),
+    // Every writer is joined here and its panic kept, so that a failing writer cannot hide
+    // the checker's own finding (the checker is joined below either way).
+    let writer_failures: Vec<String> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (client, log) = (&client, &log);
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        let tag = w * 1000 + round;
+                        let stream = loop {
+                            match client.open_stream() {
+                                Ok(s) => break s,
+                                // The breaker is open after a fallback: shared memory again soon.
+                                Err(Error::Unhealthy) => {
+                                    std::thread::sleep(Duration::from_millis(2))
+                                }
+                                Err(e) => panic!("open: {e}"),
+                            }
+                        };
+                        let mut stream = stream;
+                        stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut sums = 0u64;
+                        for seq in 0..MESSAGES {
+                            let size =
+                                1 + (seq as usize * 7919 + w as usize * 104_729) % (48 << 10);
+                            let m = storm_message(tag, seq, size);
+                            sums = sums.rotate_left(5)
+                                ^ u64::from_be_bytes(m[m.len() - 8..].try_into().unwrap());
+                            send_framed(&stream, &m).unwrap();
                         }
-                    };
-                    let mut stream = stream;
-                    stream.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut sums = 0u64;
-                    for seq in 0..MESSAGES {
-                        let size = 1 + (seq as usize * 7919 + w as usize * 104_729) % (48 << 10);
-                        let m = storm_message(tag, seq, size);
-                        sums = sums.rotate_left(5)
-                            ^ u64::from_be_bytes(m[m.len() - 8..].try_into().unwrap());
-                        send_framed(&stream, &m).unwrap();
+                        let fell_back = stream.is_fallback();
+                        send_framed(&stream, &storm_message(tag, u32::MAX, 0)).unwrap();
+                        let reply = recv_framed(&mut stream).unwrap().expect("a summary");
+                        let mut want = tag.to_be_bytes().to_vec();
+                        want.extend(MESSAGES.to_be_bytes());
+                        want.extend(sums.to_be_bytes());
+                        assert_eq!(reply, want, "stream {tag}: the summary differs");
+                        log.lock().unwrap().push((Instant::now(), fell_back));
+                        stream.close();
                     }
-                    let fell_back = stream.is_fallback();
-                    send_framed(&stream, &storm_message(tag, u32::MAX, 0)).unwrap();
-                    let reply = recv_framed(&mut stream).unwrap().expect("a summary");
-                    let mut want = tag.to_be_bytes().to_vec();
-                    want.extend(MESSAGES.to_be_bytes());
-                    want.extend(sums.to_be_bytes());
-                    assert_eq!(reply, want, "stream {tag}: the summary differs");
-                    log.lock().unwrap().push((Instant::now(), fell_back));
-                    stream.close();
-                }
-            });
-        }
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .filter_map(|h| h.join().err().map(|p| panic_text(&*p)))
+            .collect()
     });
     let elapsed = started.elapsed();
     let metrics = client.metrics();
     drop(client);
-    let (total, server_metrics) = checker.join().unwrap();
+    let checked = checker.join();
+    if !writer_failures.is_empty() || checked.is_err() {
+        panic!(
+            "writers failed: {writer_failures:?}; the checker: {}",
+            match &checked {
+                Ok(_) => "found nothing wrong".to_owned(),
+                Err(p) => panic_text(&**p),
+            }
+        );
+    }
+    let (total, server_metrics) = checked.unwrap();
     assert_eq!(
         total,
         WRITERS * ROUNDS * MESSAGES,
@@ -300,4 +346,13 @@ fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
         back_after > 0,
         "no stream used shared memory again after a fallback"
     );
+}
+
+/// The message of a thread's panic.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

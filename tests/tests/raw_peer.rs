@@ -506,3 +506,72 @@ fn closing_a_session_waits_until_the_peer_took_the_queued_stream_close() {
     assert_eq!(popped[1], Element::close(popped[0].stream_id));
     closer.join().unwrap();
 }
+
+/// A peer that floods the socket with legal Polling frames cannot hold a reader past its
+/// deadline (the pump reads within a budget and the deadline is checked between budgets),
+/// and the flood does not block another stream's reader of the same session on the pump's
+/// lock: both reads end by their own deadlines.
+#[test]
+fn a_flood_of_polling_frames_holds_no_reader_past_its_deadline() {
+    for sync in [shmlink::SyncMode::Event, shmlink::SyncMode::Adaptive] {
+        let (raw, session) = setup(Config {
+            sync,
+            ..Config::default()
+        });
+        let mut polling = Vec::new();
+        Frame::new(3, Message::Polling)
+            .encode_into(&mut polling)
+            .unwrap();
+        let burst: Vec<u8> = polling
+            .iter()
+            .copied()
+            .cycle()
+            .take(polling.len() * 4096)
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooder = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut sent = 0usize;
+                // SYNC: Relaxed; a stop flag for a test thread.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if raw.conn.send(&burst, "flood").is_err() {
+                        break;
+                    }
+                    sent += burst.len();
+                }
+                (raw, sent)
+            })
+        };
+        // Let the flood fill the socket before the reads start.
+        std::thread::sleep(Duration::from_millis(50));
+        let reads: Vec<_> = (0..2)
+            .map(|_| {
+                let mut stream = session.open_stream().unwrap();
+                std::thread::spawn(move || {
+                    stream.set_read_timeout(Some(Duration::from_millis(200)));
+                    let start = Instant::now();
+                    let mut buf = [0u8; 8];
+                    let r = std::io::Read::read(&mut stream, &mut buf);
+                    (r.map_err(|e| e.kind()), start.elapsed())
+                })
+            })
+            .collect();
+        for r in reads {
+            let (result, took) = r.join().unwrap();
+            assert_eq!(result, Err(std::io::ErrorKind::TimedOut), "{sync:?}");
+            assert!(
+                took < Duration::from_millis(1500),
+                "{sync:?}: a 200 ms read took {took:?} under a Polling flood"
+            );
+        }
+        // SYNC: Relaxed; see above.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(session);
+        let (_raw, sent) = flooder.join().unwrap();
+        assert!(
+            sent > 1 << 20,
+            "precondition: the peer flooded ({sent} bytes)"
+        );
+    }
+}
