@@ -288,6 +288,21 @@ impl Registry {
         self.hand_off_except(stale, true)
     }
 
+    /// The wakers of the acceptors waiting (a stream was opened; the caller calls them
+    /// unlocked). A cancelled accept has left the registry, so nothing stale is kept.
+    pub fn acceptors(&self, out: &mut Vec<Waker>) {
+        let mut i = self.head;
+        while i != NIL {
+            let e = &self.entries[i as usize];
+            if e.kind == Kind::Acceptor {
+                if let Some(w) = &e.waker {
+                    out.push(w.clone());
+                }
+            }
+            i = e.next;
+        }
+    }
+
     /// Every waiter's waker, for a session that closes (the caller calls them unlocked).
     pub fn wake_all(&mut self, out: &mut Vec<Waker>) {
         let mut i = self.head;

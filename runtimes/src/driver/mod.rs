@@ -107,7 +107,6 @@ pub(crate) struct State {
     pub(crate) core: core_session::Session,
     pub(crate) streams: StreamMap,
     accept: VecDeque<Arc<StreamShared>>,
-    accept_wakers: Vec<Waker>,
     pub(crate) close_reason: Option<CloseReason>,
 }
 
@@ -166,7 +165,6 @@ impl Inner {
                 core,
                 streams: StreamMap::default(),
                 accept: VecDeque::new(),
-                accept_wakers: Vec::new(),
                 close_reason: None,
             }),
             machine: Mutex::new(pump::Machine::new(settings.max_frame_len)),
@@ -283,7 +281,7 @@ impl Inner {
         slot: &mut WaitSlot,
         deadline: Option<Instant>,
     ) -> Poll<Result<Arc<StreamShared>, Error>> {
-        self.poll_wait(cx, slot, deadline, |cx| {
+        self.poll_wait(cx, slot, deadline, |_| {
             let mut state = lock(&self.state);
             if let Some(shared) = state.accept.pop_front() {
                 return Some(Ok(shared));
@@ -291,9 +289,8 @@ impl Inner {
             if let Some(reason) = &state.close_reason {
                 return Some(Err(reason.error()));
             }
-            if !state.accept_wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                state.accept_wakers.push(cx.waker().clone());
-            }
+            // The waker is in the session's registry (an acceptor's slot), which every
+            // stream the peer opens wakes; a cancelled accept leaves it.
             None
         })
     }
@@ -483,24 +480,17 @@ impl Inner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (streams, acceptors) = {
+        let streams = {
             let mut state = lock(&self.state);
             state.close_reason = Some(reason.clone());
             state.core.clear();
             state.accept.clear();
-            let acceptors = std::mem::take(&mut state.accept_wakers);
-            (
-                state.streams.drain().map(|(_, s)| s).collect::<Vec<_>>(),
-                acceptors,
-            )
+            state.streams.drain().map(|(_, s)| s).collect::<Vec<_>>()
         };
         for stream in streams {
             if let Some(w) = stream.session_closed(&reason) {
                 w.wake();
             }
-        }
-        for w in acceptors {
-            w.wake();
         }
         self.wake_all_waiters();
         self.conn.shutdown();

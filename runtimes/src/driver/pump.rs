@@ -284,7 +284,6 @@ impl Inner {
             core,
             streams,
             accept,
-            accept_wakers,
             ..
         } = &mut *state;
         let mut opened = false;
@@ -293,7 +292,8 @@ impl Inner {
         });
         self.end_run(sink);
         if opened {
-            sink.wakes.append(accept_wakers);
+            // Lock order: state, then registry (nothing holds the registry and takes state).
+            self.waiters.registry().acceptors(&mut sink.wakes);
         }
         result
     }
