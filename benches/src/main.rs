@@ -7,6 +7,7 @@
 //! cargo run --release -p shmlink-bench -- --full --write-benchmarks   # regenerate BENCHMARKS.md
 //! cargo run --release -p shmlink-bench -- --smoke      # CI: smallest size, proves it works
 //! cargo run --release -p shmlink-bench -- --parallel-only  # only P streams on one session
+//! cargo run --release -p shmlink-bench -- --pingpong-only --only shmlink-blocking-adaptive
 //! ```
 //!
 //! Every measurement starts a fresh peer process (this binary, `peer` subcommand), waits for
@@ -233,6 +234,10 @@ struct Round {
     allocs: f64,
     iters: u64,
     disturbed: bool,
+    /// Wake-ups (Polling frames) the client sent per round trip, where known.
+    wakeups: Option<f64>,
+    /// Messages the client sent over the socket (shmlink fallbacks), where known.
+    fallbacks: Option<u64>,
 }
 
 /// One ping-pong measurement: a fresh pair, warm-up, then round trips until the budget.
@@ -253,6 +258,7 @@ fn pingpong_once(kind: Kind, size: usize, plan: &Plan, tag: &str) -> Result<Roun
     let mut rtts = Vec::with_capacity(plan.max_iters.min(1 << 20) as usize);
     let window = machine::Window::start(peer.pid());
     let allocs0 = allocations();
+    let wakeups0 = client.wakeups_sent();
     let (last_fill, last_sum) = client
         .measure(
             size,
@@ -265,6 +271,10 @@ fn pingpong_once(kind: Kind, size: usize, plan: &Plan, tag: &str) -> Result<Roun
         .map_err(err)?;
     let allocs = allocations() - allocs0;
     let usage = window.end();
+    let wakeups = wakeups0
+        .zip(client.wakeups_sent())
+        .map(|(a, b)| (b - a) as f64 / rtts.len().max(1) as f64);
+    let fallbacks = client.fallbacks();
     if last_sum != 0 || last_fill != 0 {
         check(last_sum, size, last_fill)?;
     }
@@ -279,6 +289,8 @@ fn pingpong_once(kind: Kind, size: usize, plan: &Plan, tag: &str) -> Result<Roun
         allocs: allocs as f64 / n as f64,
         iters: n,
         disturbed: usage.disturbed,
+        wakeups,
+        fallbacks,
     })
 }
 
@@ -354,6 +366,12 @@ fn run_pingpong(plan: &Plan, kinds: &[Kind], report: &mut Report) -> Result<(), 
                 allocs: median(rs.iter().map(|r| r.allocs).collect()),
                 iterations: rs.iter().map(|r| r.iters).sum(),
                 disturbed: rs.iter().filter(|r| r.disturbed).count() as u32,
+                wakeups: rs
+                    .iter()
+                    .map(|r| r.wakeups)
+                    .collect::<Option<Vec<_>>>()
+                    .map(median),
+                fallbacks: rs.iter().map(|r| r.fallbacks).sum(),
             });
         }
     }
@@ -605,13 +623,17 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
         None => Kind::all(),
     };
     // `--parallel-only`: just the many-streams section (for iterating on the driver).
-    if !args.iter().any(|a| a == "--parallel-only") {
+    // `--pingpong-only`: just the one-stream round trips (for the stability check).
+    let only = |flag: &str| args.iter().any(|a| a == flag);
+    if !only("--parallel-only") {
         run_pingpong(plan, &kinds, &mut report)?;
-        run_pipelined(plan, &mut report)?;
-        run_scale(plan, &mut report)?;
-        run_pooled(plan, &mut report)?;
+        if !only("--pingpong-only") {
+            run_pipelined(plan, &mut report)?;
+            run_scale(plan, &mut report)?;
+            run_pooled(plan, &mut report)?;
+        }
     }
-    if !args.iter().any(|a| a == "--no-parallel") {
+    if !only("--no-parallel") && !only("--pingpong-only") {
         parallel::run(
             &plan.parallel_sizes,
             &plan.parallel,

@@ -24,6 +24,11 @@ pub(crate) struct PingPong {
     pub(crate) iterations: u64,
     /// Rounds still disturbed by other processes after the retries.
     pub(crate) disturbed: u32,
+    /// Wake-ups (Polling frames) the client sent per round trip (shmlink): 0 when the peer
+    /// stays awake (Adaptive's spinning state), about 1 when it sleeps between messages.
+    pub(crate) wakeups: Option<f64>,
+    /// Messages that went over the socket instead of shared memory (shmlink).
+    pub(crate) fallbacks: Option<u64>,
 }
 
 impl PingPong {
@@ -168,8 +173,8 @@ impl Report {
     /// The ping-pong table (markdown).
     pub(crate) fn pingpong_table(&self) -> String {
         let mut t = String::from(
-            "| size | transport | median RTT | p99 RTT | MB/s | x unix socket | x busy-wait floor | CPU/RTT harness | CPU/RTT peer | allocs/RTT | RTTs |\n\
-             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| size | transport | median RTT | p99 RTT | MB/s | x unix socket | x busy-wait floor | CPU/RTT harness | CPU/RTT peer | allocs/RTT | wake-ups/RTT | fell back | RTTs |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for size in self.sizes() {
             let unix = self.find(Kind::Unix, size).map(|p| p.median_ns);
@@ -180,10 +185,11 @@ impl Report {
                 };
                 let _ = writeln!(
                     t,
-                    "| {} | {}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} |",
+                    "| {} | {}{}{} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
                     bytes(size),
                     p.kind.name(),
                     if p.disturbed > 0 { " (disturbed)" } else { "" },
+                    if p.fallbacks.unwrap_or(0) > 0 { " (**fell back**)" } else { "" },
                     time(p.median_ns),
                     time(p.p99_ns),
                     p.mbps(),
@@ -192,6 +198,8 @@ impl Report {
                     time(p.cpu_ns[0]),
                     time(p.cpu_ns[1]),
                     p.allocs,
+                    p.wakeups.map_or("n/a".into(), |w| format!("{w:.3}")),
+                    p.fallbacks.map_or("n/a".into(), |f| f.to_string()),
                     p.iterations,
                 );
             }
