@@ -15,6 +15,14 @@ import sys
 
 # name: (file, original text, mutated text, test file, model name, expected "caught"/"missed")
 MUTATIONS = {
+    "producer-flag-load-relaxed": (
+        "core/src/queue.rs",
+        "match self.queue.header.working.load(Ordering::SeqCst) {",
+        "match self.queue.header.working.load(Ordering::Relaxed) {",
+        # Not a bug: the tail increment before it carries a SeqCst fence, and a fence then a
+        # relaxed load is the Dekker pattern too. Kept SeqCst for clarity; recorded here.
+        "queue", "lost_wakeup_is_impossible_when_consumer_goes_idle", "missed",
+    ),
     "leave-no-hand-off": (
         "core/src/waiters.rs",
         "        if (owned || was_successor) && self.owner == NIL {\n            return self.hand_off(acceptors);",

@@ -189,7 +189,11 @@ impl Report {
                     bytes(size),
                     p.kind.name(),
                     if p.disturbed > 0 { " (disturbed)" } else { "" },
-                    if p.fallbacks.unwrap_or(0) > 0 { " (**fell back**)" } else { "" },
+                    if p.fallbacks.unwrap_or(0) > 0 {
+                        " (**fell back**)"
+                    } else {
+                        ""
+                    },
                     time(p.median_ns),
                     time(p.p99_ns),
                     p.mbps(),

@@ -648,6 +648,16 @@ impl<'a> Producer<'a> {
     }
 
     fn wake(&self) -> Result<Wake, QueueError> {
+        // A busy consumer keeps the flag at 1: a plain load answers without a locked
+        // read-modify-write that would take the line from the consumer on every push.
+        // SYNC: SeqCst load after the SeqCst tail increment: the same Dekker pair as the
+        // CAS below (a 1 seen here was stored before the consumer's SeqCst store of 0 in
+        // finish_drain, whose fence then makes it see our tail).
+        match self.queue.header.working.load(Ordering::SeqCst) {
+            1 => return Ok(Wake::PeerAwake),
+            0 => {}
+            value => return Err(QueueError::FlagCorruptedAfterPush { value }),
+        }
         // SYNC: SeqCst CAS, paired with the consumer's SeqCst store of 0 and its fence in
         // finish_drain: either we see 0 and notify, or the consumer sees our tail.
         match self

@@ -13,6 +13,7 @@
 //! | tail increment Release without the SeqCst fence | `lost_wakeup_is_impossible_when_consumer_goes_idle` | caught |
 //! | producer lock removed | `two_producers_serialised_by_the_local_lock` | caught |
 //! | `finish_drain`: fence deleted, flag store Relaxed | `adaptive_spinning_and_hot_returns_strand_nothing` | caught |
+//! | the producer's flag load before its CAS made Relaxed | `lost_wakeup_is_impossible_when_consumer_goes_idle` | missed, and not a bug: the tail increment before it is a SeqCst fence, and fence-then-load is the Dekker pattern as well; the load stays SeqCst for the reader |
 //! | `mark_working` store Relaxed | `adaptive_spinning_and_hot_returns_strand_nothing` | missed, and not a bug: raising the flag only makes the producer skip a Polling frame, and a consumer that raised it always looks at the queue again before it sleeps (`finish_drain`, whose SeqCst store and fence do the ordering) |
 #![cfg(loom)]
 
