@@ -405,10 +405,14 @@ mod arbitrary_headers {
             }
             if let Ok(pair) = queue::attach_region(qmap.region(), Side::Server) {
                 let (producer, mut consumer) = pair.into_roles();
+                // Any result is allowed against a hostile header (the peer owns these
+                // bytes), but a reported length always fits the cap.
                 let _ = producer.push(Element::data(2, 44));
                 let _ = consumer.pop();
                 let _ = consumer.finish_drain();
-                let _ = producer.queue().len();
+                if let Ok(len) = producer.queue().len() {
+                    prop_assert!(len <= 16, "a queue of 16 reports {} elements", len);
+                }
             }
             let m = match buffer::attach(mapping.region(), Role::Mapper) {
                 Ok(m) => m,
@@ -423,17 +427,27 @@ mod arbitrary_headers {
             let mut session = Session::new(Side::Server, 3, 0);
             for (id, offset, state) in elements {
                 let element = Element { stream_id: id, offset, status: state };
-                let _ = session.on_element(element, &m, &mut |_| {});
+                let mut outside = None;
+                let _ = session.on_element(element, &m, &mut |d| {
+                    // Whatever the peer wrote, a delivered segment lies inside the mapping.
+                    if let shmlink_core::session::Delivery::Shm { segment, .. } = d {
+                        if u64::from(segment.data) + u64::from(segment.len) > LEN as u64 {
+                            outside = Some((segment.data, segment.len));
+                        }
+                    }
+                });
+                prop_assert!(outside.is_none(), "a segment outside the mapping: {:?}", outside);
             }
             for n in allocs {
                 if let Ok(chain) = m.alloc(n) {
+                    prop_assert!(chain.capacity() >= n, "an allocation of {} got {}", n, chain.capacity());
                     for slice in m.own_chain(&chain).flatten() {
                         let _ = m.set_len(slice.0, 1);
                     }
                     let _ = m.free_chain(&chain);
                 }
             }
-            let _ = m.in_use_bytes();
+            prop_assert!(m.in_use_bytes() <= m.capacity_bytes());
             let _ = m.all_free();
             for list in m.lists() {
                 let _ = list.free_slices().take(100).count();

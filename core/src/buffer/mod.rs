@@ -726,10 +726,12 @@ impl<'a> BufferManager<'a> {
         })
     }
 
-    /// Metrics `AllInUsedShareMemoryInBytes`: Σ (cap − free) × slice size (u32, as Go).
+    /// Metrics `AllInUsedShareMemoryInBytes`: Σ (cap − free) × slice size (u32, as Go). The
+    /// free count lives in shared memory: one the peer wrote outside 0..=cap is clamped, so
+    /// the metric never claims more than the capacity (Go would wrap around).
     pub fn in_use_bytes(&self) -> u32 {
         self.lists.iter().fold(0u32, |acc, l| {
-            let free = l.stats().free as u32;
+            let free = (i64::from(l.stats().free)).clamp(0, i64::from(l.capacity())) as u32;
             acc.wrapping_add(l.capacity().wrapping_sub(free).wrapping_mul(l.slice_size()))
         })
     }
