@@ -13,7 +13,7 @@
 //!
 //! | mutation of core/src/waiters.rs | model | result |
 //! | --- | --- | --- |
-//! | `leave`: an owner leaving hands the pump to nobody | `an_owner_leaving_hands_the_pump_to_a_sleeper` | missed, and not a bug on its own: an owner that leaves with nobody to take over lowers the flag and takes in what came (`lower_flag`), so the next push reaches a sleeper through the socket's readiness; the hand-off saves that round trip |
+//! | `leave`: an owner leaving hands the pump to nobody | `an_owner_leaving_hands_the_pump_to_a_sleeper` | missed here, and no message is lost: an owner that leaves with nobody to take over lowers the flag and takes in what came (`lower_flag`), so the next push reaches a sleeper through the socket's readiness. What the hand-off saves (that Polling frame) is checked by `tests/tests/hand_off.rs`, which fails under this mutation |
 //! | `wake_owner`: a vacant pump wakes nobody | `data_for_a_sleeper_arriving_while_the_pump_is_vacant_is_taken_in` | caught (deadlock: an acceptor is reached only through readiness) |
 //! | `leave`: a successor cancelled before it claimed does not pass the hand-off on | `a_successor_cancelled_mid_hand_off_passes_it_on` | caught (deadlock) |
 

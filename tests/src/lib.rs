@@ -208,3 +208,40 @@ pub fn wait_success(mut child: std::process::Child, limit: std::time::Duration) 
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A test's own deadline: if the guard is not dropped within `limit`, the test process
+/// prints what it waited for and aborts, so a hang fails in seconds instead of holding CI
+/// until its own limit. Every runtime test starts with one.
+pub fn deadline(what: &'static str, limit: std::time::Duration) -> Deadline {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watch = std::sync::Arc::clone(&done);
+    std::thread::Builder::new()
+        .name("test-deadline".into())
+        .spawn(move || {
+            let until = std::time::Instant::now() + limit;
+            // SYNC: Acquire; pairs with the Release store in Deadline's Drop.
+            while !watch.load(Ordering::Acquire) {
+                if std::time::Instant::now() >= until {
+                    eprintln!("DEADLINE: {what} did not finish within {limit:?}; aborting");
+                    std::process::abort();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .expect("a deadline thread");
+    Deadline { done }
+}
+
+/// See [`deadline`].
+#[derive(Debug)]
+pub struct Deadline {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        // SYNC: Release; pairs with the deadline thread's Acquire load.
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+    }
+}

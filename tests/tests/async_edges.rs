@@ -19,6 +19,10 @@ async fn pair(config: Config) -> (AsyncSession, AsyncSession, Listener) {
 /// the flag is up, and the old driver had nobody left to look at the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_spinning_read_does_not_strand_a_sleeping_reader() {
+    let _deadline = shmlink_tests::deadline(
+        "async_edges::a_cancelled_spinning_read_does_not_strand_a_sleeping_reader",
+        std::time::Duration::from_secs(120),
+    );
     let config = Config {
         sync: SyncMode::Adaptive,
         spin_window: Duration::from_millis(20),
@@ -59,6 +63,10 @@ async fn a_cancelled_spinning_read_does_not_strand_a_sleeping_reader() {
 /// handed them over before the push and lost them when the future was dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_write_waiting_for_queue_room_returns_its_memory() {
+    let _deadline = shmlink_tests::deadline(
+        "async_edges::a_cancelled_write_waiting_for_queue_room_returns_its_memory",
+        std::time::Duration::from_secs(120),
+    );
     let config = Config {
         queue_cap: 16,
         on_exhaustion: Exhaustion::Wait,
@@ -94,6 +102,10 @@ async fn a_cancelled_write_waiting_for_queue_room_returns_its_memory() {
 /// Two halves on two tasks: a writer and a reader of one stream at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_halves_work_from_two_tasks() {
+    let _deadline = shmlink_tests::deadline(
+        "async_edges::split_halves_work_from_two_tasks",
+        std::time::Duration::from_secs(120),
+    );
     let (client, server, _listener) = pair(Config::default()).await;
     let stream = client.open_stream().unwrap();
     stream.send(b"x").await.unwrap();

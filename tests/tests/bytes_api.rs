@@ -40,6 +40,10 @@ fn wait_all_free(session: &Session) {
 
 #[test]
 fn a_serializer_writes_through_bufmut_and_io_write_across_slice_boundaries() {
+    let _deadline = shmlink_tests::deadline(
+        "bytes_api::a_serializer_writes_through_bufmut_and_io_write_across_slice_boundaries",
+        std::time::Duration::from_secs(120),
+    );
     let (client, c, _server, mut s) = pair();
     // 200,000 bytes need a chain of two 131,052-byte slices: the writes cross the boundary.
     let body = payload(200_000, 3);
@@ -72,6 +76,10 @@ fn a_serializer_writes_through_bufmut_and_io_write_across_slice_boundaries() {
 
 #[test]
 fn read_bytes_within_a_slice_is_zero_copy_and_the_slice_returns_when_the_last_bytes_drops() {
+    let _deadline = shmlink_tests::deadline(
+        "bytes_api::read_bytes_within_a_slice_is_zero_copy_and_the_slice_returns_when_the_last_bytes_drops",
+        std::time::Duration::from_secs(120),
+    );
     let (client, c, _server, mut s) = pair();
     let body = payload(3000, 9);
     c.send(&body).unwrap();
@@ -101,6 +109,10 @@ fn read_bytes_within_a_slice_is_zero_copy_and_the_slice_returns_when_the_last_by
 
 #[test]
 fn read_buf_gives_the_slices_as_a_buf_and_mixes_with_other_reads() {
+    let _deadline = shmlink_tests::deadline(
+        "bytes_api::read_buf_gives_the_slices_as_a_buf_and_mixes_with_other_reads",
+        std::time::Duration::from_secs(120),
+    );
     let (client, c, _server, mut s) = pair();
     let a = payload(10_000, 1);
     let b = payload(20_000, 2);
@@ -131,6 +143,10 @@ fn read_buf_gives_the_slices_as_a_buf_and_mixes_with_other_reads() {
 
 #[test]
 fn a_stream_that_ends_mid_read_says_so_and_keeps_the_bytes() {
+    let _deadline = shmlink_tests::deadline(
+        "bytes_api::a_stream_that_ends_mid_read_says_so_and_keeps_the_bytes",
+        std::time::Duration::from_secs(120),
+    );
     let (_client, mut c, _server, mut s) = pair();
     c.send(b"half").unwrap();
     c.close();

@@ -44,6 +44,10 @@ fn message(seq: u32, size: usize) -> Vec<u8> {
 
 #[test]
 fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
+    let _deadline = shmlink_tests::deadline(
+        "exhaustion::wait_delivers_every_message_once_and_in_order_through_shared_memory_only",
+        std::time::Duration::from_secs(120),
+    );
     use std::sync::atomic::{AtomicBool, Ordering};
     let (client, c, _server, mut s) = pair(small(Exhaustion::Wait));
     const COUNT: u32 = 200;
@@ -101,6 +105,10 @@ fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
 
 #[test]
 fn error_refuses_at_once_loses_nothing_accepted_and_recovers() {
+    let _deadline = shmlink_tests::deadline(
+        "exhaustion::error_refuses_at_once_loses_nothing_accepted_and_recovers",
+        std::time::Duration::from_secs(120),
+    );
     let (_client, c, _server, mut s) = pair(small(Exhaustion::Error));
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -128,6 +136,10 @@ fn error_refuses_at_once_loses_nothing_accepted_and_recovers() {
 
 #[test]
 fn wait_gives_up_at_the_write_timeout_and_refuses_what_can_never_fit() {
+    let _deadline = shmlink_tests::deadline(
+        "exhaustion::wait_gives_up_at_the_write_timeout_and_refuses_what_can_never_fit",
+        std::time::Duration::from_secs(120),
+    );
     let (_client, mut c, _server, _s) = pair(small(Exhaustion::Wait));
     c.set_write_timeout(Duration::from_millis(200));
     let start = Instant::now();
@@ -221,6 +233,10 @@ fn check_storm_stream(mut stream: Stream, late: bool) -> Result<u32, String> {
 /// memory once the breaker closes.
 #[test]
 fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
+    let _deadline = shmlink_tests::deadline(
+        "exhaustion::a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing",
+        std::time::Duration::from_secs(120),
+    );
     const WRITERS: u32 = 12;
     const ROUNDS: u32 = 5;
     const MESSAGES: u32 = 48;

@@ -12,6 +12,10 @@ use shmlink_tests::socket_path;
 
 #[test]
 fn an_owner_that_leaves_hands_the_pump_to_a_waiting_reader() {
+    let _deadline = shmlink_tests::deadline(
+        "hand_off::an_owner_that_leaves_hands_the_pump_to_a_waiting_reader",
+        std::time::Duration::from_secs(120),
+    );
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("skipped: one CPU, nothing spins");
         return;
@@ -30,7 +34,9 @@ fn an_owner_that_leaves_hands_the_pump_to_a_waiting_reader() {
         let session = listener.accept().unwrap();
         let mut opened = std::collections::HashMap::new();
         for _ in 0..3 {
-            let mut s = session.accept_stream(Some(Duration::from_secs(10))).unwrap();
+            let mut s = session
+                .accept_stream(Some(Duration::from_secs(10)))
+                .unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10)));
             let name = s.read_bytes(1).unwrap().unwrap()[0];
             opened.insert(name, s);

@@ -63,6 +63,10 @@ fn truncated_region_client(path: &std::path::Path) -> Conn {
 /// connection; a silent client does not delay a good one; the listener keeps accepting.
 #[test]
 fn hostile_and_silent_clients_cost_only_their_own_connection() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_clients::hostile_and_silent_clients_cost_only_their_own_connection",
+        std::time::Duration::from_secs(120),
+    );
     let path = sock("hostile");
     let config = Config {
         // Long enough that a listener serialising handshakes behind the silent client could
@@ -124,6 +128,10 @@ fn hostile_and_silent_clients_cost_only_their_own_connection() {
 /// inside them works.
 #[test]
 fn file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setting() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_clients::file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setting",
+        std::time::Duration::from_secs(120),
+    );
     let path = sock("confine");
     let listener = Listener::bind(&path, Config::default()).unwrap();
     let prefix = std::env::temp_dir().join(unique("outside"));
@@ -186,6 +194,10 @@ fn file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setti
 /// bounded only by `max_frame_len`), and a write above `max_frame_len` is refused by name.
 #[test]
 fn a_message_larger_than_all_shared_memory_falls_back_both_ways() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_clients::a_message_larger_than_all_shared_memory_falls_back_both_ways",
+        std::time::Duration::from_secs(120),
+    );
     let path = sock("bigger");
     let listener = Listener::bind(&path, Config::default()).unwrap();
     let small = Config {
@@ -237,6 +249,10 @@ fn a_message_larger_than_all_shared_memory_falls_back_both_ways() {
 /// session with a protocol violation naming the limit.
 #[test]
 fn a_fallback_frame_above_the_receivers_limit_closes_the_session_naming_it() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_clients::a_fallback_frame_above_the_receivers_limit_closes_the_session_naming_it",
+        std::time::Duration::from_secs(120),
+    );
     let path = sock("recv-limit");
     let listener = Listener::bind(
         &path,
@@ -297,6 +313,10 @@ fn raw_memfd_session(
 /// session and announced again in another must be refused there, not given a second owner.
 #[test]
 fn a_chain_announced_again_in_another_session_of_the_same_region_is_refused() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_clients::a_chain_announced_again_in_another_session_of_the_same_region_is_refused",
+        std::time::Duration::from_secs(120),
+    );
     use shmlink_core::buffer::{self, DEFAULT_SIZE_CLASSES};
     use shmlink_core::queue::{self, Element, Wake};
     let path = sock("shared-ledger");
@@ -372,6 +392,10 @@ fn a_chain_announced_again_in_another_session_of_the_same_region_is_refused() {
 /// (uid 65534); without root it says so and checks nothing.
 #[test]
 fn a_client_of_another_user_is_refused_unless_allowed() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_clients::a_client_of_another_user_is_refused_unless_allowed",
+        std::time::Duration::from_secs(120),
+    );
     use std::os::unix::process::CommandExt;
     if rustix::process::geteuid().as_raw() != 0 {
         eprintln!("SKIPPED: running a peer as another user needs root");

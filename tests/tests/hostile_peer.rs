@@ -365,6 +365,10 @@ fn header(length: u32, version: u8, kind: u8) -> Vec<u8> {
 
 #[test]
 fn garbage_on_the_socket() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::garbage_on_the_socket",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         vec!["bad frame magic".into()]
@@ -373,6 +377,10 @@ fn garbage_on_the_socket() {
 
 #[test]
 fn a_frame_cut_short_by_a_hang_up() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_frame_cut_short_by_a_hang_up",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(&header(16, 3, 2)[..6]);
         a.raw.conn.shutdown();
@@ -382,6 +390,10 @@ fn a_frame_cut_short_by_a_hang_up() {
 
 #[test]
 fn a_frame_of_version_zero() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_frame_of_version_zero",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(&header(8, 0, 1));
         vec!["bad frame version 0".into()]
@@ -390,6 +402,10 @@ fn a_frame_of_version_zero() {
 
 #[test]
 fn a_frame_of_unknown_type() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_frame_of_unknown_type",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(&header(8, 3, 42));
         vec!["unknown message type 42".into()]
@@ -398,6 +414,10 @@ fn a_frame_of_unknown_type() {
 
 #[test]
 fn a_frame_with_a_huge_length() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_frame_with_a_huge_length",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(&header(0xffff_fff0, 3, 3));
         vec!["4294967280".into(), "exceeds the limit".into()]
@@ -406,6 +426,10 @@ fn a_frame_with_a_huge_length() {
 
 #[test]
 fn a_length_that_does_not_fit_the_type() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_length_that_does_not_fit_the_type",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(&header(9, 3, 1));
         vec!["Polling frame with length 9".into()]
@@ -414,6 +438,10 @@ fn a_length_that_does_not_fit_the_type() {
 
 #[test]
 fn a_handshake_frame_after_the_handshake() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_handshake_frame_after_the_handshake",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         a.raw.send_raw(&encode(3, Message::AckReadyRecvFd));
         vec!["AckReadyRecvFd after the handshake".into()]
@@ -422,6 +450,10 @@ fn a_handshake_frame_after_the_handshake() {
 
 #[test]
 fn a_queue_element_outside_the_region() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_queue_element_outside_the_region",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         let offset = a.raw.buffer.len() as u32 + 4096;
         a.raw.push(&[Element::data(a.stream.id(), offset)]);
@@ -434,6 +466,10 @@ fn a_queue_element_outside_the_region() {
 
 #[test]
 fn a_queue_element_into_the_middle_of_a_slice() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_queue_element_into_the_middle_of_a_slice",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         let slice = a.raw.write_chain(&[b"abc"])[0];
         let offset = slice + 100;
@@ -447,6 +483,10 @@ fn a_queue_element_into_the_middle_of_a_slice() {
 
 #[test]
 fn a_chain_that_loops() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_chain_that_loops",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         let slices = a.raw.write_chain(&[b"one", b"two"]);
         // The second links back to the first: next at header offset 12, flags at 16.
@@ -461,6 +501,10 @@ fn a_chain_that_loops() {
 
 #[test]
 fn a_chain_that_runs_past_the_region() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_chain_that_runs_past_the_region",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         let slice = a.raw.write_chain(&[b"one"])[0];
         let past = a.raw.buffer.len() as u32 - 8;
@@ -473,6 +517,10 @@ fn a_chain_that_runs_past_the_region() {
 
 #[test]
 fn a_length_past_the_slice() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_length_past_the_slice",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         let slice = a.raw.write_chain(&[b"one"])[0];
         // One byte more than the slice holds (the client's regions decide the size).
@@ -489,6 +537,10 @@ fn a_length_past_the_slice() {
 
 #[test]
 fn a_chain_announced_twice() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_chain_announced_twice",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         let first = a.raw.write_chain(&[b"twice"])[0];
         a.raw.push(&[
@@ -503,6 +555,10 @@ fn a_chain_announced_twice() {
 
 #[test]
 fn a_queue_tail_that_jumps() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_queue_tail_that_jumps",
+        std::time::Duration::from_secs(120),
+    );
     both(|a| {
         // The compat header: head (i64) at 4, tail (i64) at 12.
         let at = a.raw.send_queue_offset();
@@ -519,6 +575,10 @@ fn a_queue_tail_that_jumps() {
 /// second owner, and the session closes naming it.
 #[test]
 fn a_slice_recycled_twice() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_slice_recycled_twice",
+        std::time::Duration::from_secs(120),
+    );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena(ours);
         let slice = a.raw.send_message(a.stream.id(), b"keep me");
@@ -571,6 +631,10 @@ fn a_slice_recycled_twice() {
 /// slice; we never read outside a slice (ASan) and never hang.
 #[test]
 fn headers_rewritten_while_we_read() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::headers_rewritten_while_we_read",
+        std::time::Duration::from_secs(120),
+    );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena(ours);
         let stop = AtomicBool::new(false);
@@ -633,6 +697,10 @@ fn headers_rewritten_while_we_read() {
 /// the write timeout; the session itself stays usable (reads still work) and others work.
 #[test]
 fn a_peer_that_stops_reading() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_peer_that_stops_reading",
+        std::time::Duration::from_secs(120),
+    );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena(ours);
         let start = Instant::now();
@@ -662,6 +730,10 @@ fn a_peer_that_stops_reading() {
 /// to the write timeout, then fails with `Timeout`; the session stays open.
 #[test]
 fn a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline",
+        std::time::Duration::from_secs(120),
+    );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena_with(
             ours,
@@ -695,6 +767,10 @@ fn a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline() {
 /// send is closed after the configured silence, and a pending read fails naming it.
 #[test]
 fn a_hanging_peer_is_closed_after_the_configured_silence() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::a_hanging_peer_is_closed_after_the_configured_silence",
+        std::time::Duration::from_secs(120),
+    );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena_with(
             ours,
@@ -736,6 +812,10 @@ fn a_hanging_peer_is_closed_after_the_configured_silence() {
 /// our own server with a short timeout, with idle gaps longer than the timeout.
 #[test]
 fn the_stall_check_leaves_live_peers_alone() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::the_stall_check_leaves_live_peers_alone",
+        std::time::Duration::from_secs(120),
+    );
     let path = sock("stall-live");
     let config = Config {
         peer_stall_timeout: Some(Duration::from_millis(100)),
@@ -796,6 +876,10 @@ fn client_until_fds(path: &Path) -> Conn {
 
 #[test]
 fn clients_sending_the_wrong_number_of_fds_are_refused_by_our_listener() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::clients_sending_the_wrong_number_of_fds_are_refused_by_our_listener",
+        std::time::Duration::from_secs(120),
+    );
     let path = sock("fdcount");
     let listener = Listener::bind(&path, config()).unwrap();
     let healthy = Session::connect(&path, config()).unwrap();
@@ -868,6 +952,10 @@ fn hostile_server(
 
 #[test]
 fn hostile_servers_fail_our_handshake_with_a_named_error_and_in_time() {
+    let _deadline = shmlink_tests::deadline(
+        "hostile_peer::hostile_servers_fail_our_handshake_with_a_named_error_and_in_time",
+        std::time::Duration::from_secs(120),
+    );
     let cases: Vec<(usize, Vec<u8>, bool, &str)> = vec![
         (
             1,

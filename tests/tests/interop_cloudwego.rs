@@ -127,6 +127,10 @@ fn their_client_our_server(
 
 #[test]
 fn their_memfd_v3_client_echoes_chains_through_our_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::their_memfd_v3_client_echoes_chains_through_our_server",
+        std::time::Duration::from_secs(120),
+    );
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &SIZES, false);
     assert_eq!(m.stability.fallback_read_count, 0);
     assert!(m.performance.receive_queue_count >= SIZES.len() as u64);
@@ -134,12 +138,20 @@ fn their_memfd_v3_client_echoes_chains_through_our_server() {
 
 #[test]
 fn their_devshm_v2_client_echoes_chains_through_our_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::their_devshm_v2_client_echoes_chains_through_our_server",
+        std::time::Duration::from_secs(120),
+    );
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeDevShmFile, &SIZES, false);
     assert_eq!(m.stability.fallback_read_count, 0);
 }
 
 #[test]
 fn their_fallback_message_reaches_our_server_and_our_reply_falls_back_too() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::their_fallback_message_reaches_our_server_and_our_reply_falls_back_too",
+        std::time::Duration::from_secs(120),
+    );
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &[100, 2 << 20], true);
     assert!(m.stability.fallback_read_count >= 1, "{m:?}");
     // Go's rule, which we follow: the receiving stream switches to fallback for its replies.
@@ -229,6 +241,10 @@ fn our_config(mode: MemMode) -> Config {
 
 #[test]
 fn our_memfd_v3_client_echoes_chains_through_their_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_memfd_v3_client_echoes_chains_through_their_server",
+        std::time::Duration::from_secs(120),
+    );
     let (fallback, m) = our_client_their_server(our_config(MemMode::Memfd), &SIZES);
     assert!(!fallback);
     assert_eq!(m.stability.fallback_write_count, 0);
@@ -237,6 +253,10 @@ fn our_memfd_v3_client_echoes_chains_through_their_server() {
 
 #[test]
 fn our_devshm_v2_client_echoes_chains_through_their_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_devshm_v2_client_echoes_chains_through_their_server",
+        std::time::Duration::from_secs(120),
+    );
     let (fallback, m) = our_client_their_server(our_config(MemMode::File), &SIZES);
     assert!(!fallback);
     assert_eq!(m.stability.fallback_write_count, 0);
@@ -244,6 +264,10 @@ fn our_devshm_v2_client_echoes_chains_through_their_server() {
 
 #[test]
 fn our_fallback_message_reaches_their_server_and_comes_back() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_fallback_message_reaches_their_server_and_comes_back",
+        std::time::Duration::from_secs(120),
+    );
     let mut config = our_config(MemMode::Memfd);
     config.buffer_capacity = 1 << 20;
     config.size_classes = vec![SizeClass {
@@ -264,6 +288,10 @@ fn our_fallback_message_reaches_their_server_and_comes_back() {
 
 #[test]
 fn our_v3_file_mode_client_echoes_through_their_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_v3_file_mode_client_echoes_through_their_server",
+        std::time::Duration::from_secs(120),
+    );
     let config = Config {
         file_mode_v3: true,
         ..our_config(MemMode::File)
@@ -437,24 +465,40 @@ fn our_async_client_their_server(ours: Ours, mode: MemMode) {
 
 #[test]
 fn their_client_echoes_through_our_tokio_server_memfd_and_devshm() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::their_client_echoes_through_our_tokio_server_memfd_and_devshm",
+        std::time::Duration::from_secs(120),
+    );
     their_client_our_async_server(Ours::Tokio, MemMapType::MemMapTypeMemFd);
     their_client_our_async_server(Ours::Tokio, MemMapType::MemMapTypeDevShmFile);
 }
 
 #[test]
 fn their_client_echoes_through_our_smol_server_memfd_and_devshm() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::their_client_echoes_through_our_smol_server_memfd_and_devshm",
+        std::time::Duration::from_secs(120),
+    );
     their_client_our_async_server(Ours::Smol, MemMapType::MemMapTypeMemFd);
     their_client_our_async_server(Ours::Smol, MemMapType::MemMapTypeDevShmFile);
 }
 
 #[test]
 fn our_tokio_client_echoes_through_their_server_memfd_and_devshm() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_tokio_client_echoes_through_their_server_memfd_and_devshm",
+        std::time::Duration::from_secs(120),
+    );
     our_async_client_their_server(Ours::Tokio, MemMode::Memfd);
     our_async_client_their_server(Ours::Tokio, MemMode::File);
 }
 
 #[test]
 fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_smol_client_echoes_through_their_server_memfd_and_devshm",
+        std::time::Duration::from_secs(120),
+    );
     our_async_client_their_server(Ours::Smol, MemMode::Memfd);
     our_async_client_their_server(Ours::Smol, MemMode::File);
 }
@@ -462,6 +506,10 @@ fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
 /// Issue 9: our SessionManager (2 sessions, pooled streams) against their server.
 #[test]
 fn our_session_manager_echoes_through_their_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_session_manager_echoes_through_their_server",
+        std::time::Duration::from_secs(120),
+    );
     let sock = socket_path("interop-mgr");
     let rt = runtime();
     their_echo_server(&rt, &sock);
@@ -488,6 +536,10 @@ fn our_session_manager_echoes_through_their_server() {
 /// server.
 #[test]
 fn our_async_session_managers_echo_through_their_server() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::our_async_session_managers_echo_through_their_server",
+        std::time::Duration::from_secs(120),
+    );
     for rt_name in ["tokio", "smol"] {
         let sock = socket_path(&format!("interop-amgr-{rt_name}"));
         let rt = runtime();
@@ -545,6 +597,10 @@ fn our_async_session_managers_echo_through_their_server() {
 /// other interop tests).
 #[test]
 fn a_server_that_requires_sealed_memory_refuses_unsealed_clients_and_accepts_ours() {
+    let _deadline = shmlink_tests::deadline(
+        "interop_cloudwego::a_server_that_requires_sealed_memory_refuses_unsealed_clients_and_accepts_ours",
+        std::time::Duration::from_secs(120),
+    );
     let sock = socket_path("interop-sealed");
     let strict = Config {
         require_sealed_memory: true,

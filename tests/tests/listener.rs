@@ -11,6 +11,10 @@ use shmlink_tests::{check_echoes, socket_path, unique};
 
 #[test]
 fn a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("stale"));
     // A socket file whose listener is gone (bound, then the fd closed without unlinking).
     {
@@ -30,6 +34,10 @@ fn a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen() {
 
 #[test]
 fn the_socket_file_is_private_unless_configured() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::the_socket_file_is_private_unless_configured",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("mode"));
     let l = Listener::bind(&path, Config::default()).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -47,6 +55,10 @@ fn the_socket_file_is_private_unless_configured() {
 
 #[test]
 fn close_stops_accepting_and_unlinks_but_running_sessions_keep_working() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::close_stops_accepting_and_unlinks_but_running_sessions_keep_working",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("close"));
     let listener = Listener::bind(&path, Config::default()).unwrap();
     let client = Session::connect(&path, Config::default()).unwrap();
@@ -74,6 +86,10 @@ fn echo_stream(mut stream: shmlink::Stream) {
 
 #[test]
 fn serve_runs_the_callback_for_every_stream_of_every_client_until_closed() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::serve_runs_the_callback_for_every_stream_of_every_client_until_closed",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("serve"));
     let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
     let server = {
@@ -98,6 +114,10 @@ fn serve_runs_the_callback_for_every_stream_of_every_client_until_closed() {
 
 #[test]
 fn tokio_serve_runs_the_callback_for_every_stream() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::tokio_serve_runs_the_callback_for_every_stream",
+        std::time::Duration::from_secs(120),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,6 +154,10 @@ fn tokio_serve_runs_the_callback_for_every_stream() {
 /// session was never noticed.)
 #[test]
 fn accept_stream_covers_every_session_even_quiet_ones() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::accept_stream_covers_every_session_even_quiet_ones",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("hub"));
     let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
     let clients: Vec<Session> = (0..3)
@@ -169,6 +193,10 @@ fn accept_stream_covers_every_session_even_quiet_ones() {
 
 #[test]
 fn tokio_and_smol_accept_stream_cover_every_session() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::tokio_and_smol_accept_stream_cover_every_session",
+        std::time::Duration::from_secs(120),
+    );
     for rt_name in ["tokio", "smol"] {
         let path = socket_path(&unique(&format!("hub-{rt_name}")));
         let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
@@ -222,6 +250,10 @@ fn tokio_and_smol_accept_stream_cover_every_session() {
 /// (They once stayed open with nobody accepting until the listener was dropped.)
 #[test]
 fn closing_a_serving_listener_ends_its_sessions_instead_of_leaving_them_silent() {
+    let _deadline = shmlink_tests::deadline(
+        "listener::closing_a_serving_listener_ends_its_sessions_instead_of_leaving_them_silent",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("close-hub"));
     let config = Config {
         shutdown_timeout: Duration::from_millis(300),

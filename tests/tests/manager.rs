@@ -38,6 +38,10 @@ fn manager(path: &std::path::Path, sessions: usize) -> SessionManager {
 
 #[test]
 fn pooled_streams_go_back_to_their_pool_and_are_handed_out_again() {
+    let _deadline = shmlink_tests::deadline(
+        "manager::pooled_streams_go_back_to_their_pool_and_are_handed_out_again",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("mgr-rr"));
     let _server = echo_server(&path);
     let m = manager(&path, 4);
@@ -62,6 +66,10 @@ fn pooled_streams_go_back_to_their_pool_and_are_handed_out_again() {
 
 #[test]
 fn a_stream_with_unread_data_is_closed_not_pooled_and_old_idle_streams_expire() {
+    let _deadline = shmlink_tests::deadline(
+        "manager::a_stream_with_unread_data_is_closed_not_pooled_and_old_idle_streams_expire",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("mgr-unread"));
     let _server = echo_server(&path);
     let m = SessionManager::new(
@@ -124,6 +132,10 @@ fn spawn_server(path: &std::path::Path, sessions: usize) -> Child {
 /// back the manager rebuilds its sessions with back-off and serves again.
 #[test]
 fn a_killed_server_gives_clear_errors_then_the_sessions_are_rebuilt() {
+    let _deadline = shmlink_tests::deadline(
+        "manager::a_killed_server_gives_clear_errors_then_the_sessions_are_rebuilt",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("mgr-kill"));
     let mut first = spawn_server(&path, 2);
     let m = manager(&path, 2);

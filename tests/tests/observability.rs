@@ -42,6 +42,10 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn the_monitor_hears_every_interval_and_once_at_close() {
+    let _deadline = shmlink_tests::deadline(
+        "observability::the_monitor_hears_every_interval_and_once_at_close",
+        std::time::Duration::from_secs(120),
+    );
     let recorder = Arc::new(Recorder::default());
     let config = Config {
         monitor: Some(recorder.clone()),
@@ -105,6 +109,10 @@ fn the_monitor_hears_every_interval_and_once_at_close() {
 
 #[test]
 fn a_manager_sums_its_sessions_metrics() {
+    let _deadline = shmlink_tests::deadline(
+        "observability::a_manager_sums_its_sessions_metrics",
+        std::time::Duration::from_secs(120),
+    );
     let path = socket_path(&unique("monitor-mgr"));
     let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
     let server = {

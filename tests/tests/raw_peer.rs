@@ -57,6 +57,10 @@ fn setup(config: Config) -> (RawServer, Session) {
 
 #[test]
 fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_close_frame() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_close_frame",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config {
         queue_cap: 16,
         ..Config::default()
@@ -86,6 +90,10 @@ fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_cl
 
 #[test]
 fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_hostile_queue_element_closes_the_session_with_a_clear_error",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     stream.send(b"hello").unwrap();
@@ -112,6 +120,10 @@ fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
 
 #[test]
 fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::garbage_on_the_socket_closes_the_session_with_a_clear_error",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     raw.conn
@@ -128,6 +140,10 @@ fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
 
 #[test]
 fn fallback_data_for_a_stream_the_client_never_opened_is_dropped() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::fallback_data_for_a_stream_the_client_never_opened_is_dropped",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     let mut bytes = Vec::new();
@@ -187,6 +203,10 @@ impl RawServer {
 /// ownership ledger, the client delivered the message twice (and recycled it twice).
 #[test]
 fn a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_slice() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_slice",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     let buffers = buffer::attach(raw.buffer.region(), Role::Mapper).unwrap();
@@ -219,6 +239,10 @@ fn a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_s
 /// `Reservation` (`&mut [u8]`).
 #[test]
 fn a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_it() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_it",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let writer = session.open_stream().unwrap();
     let mut reader = session.open_stream().unwrap();
@@ -245,6 +269,10 @@ fn a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_i
 /// Issue 6, item 13: each cause is named once, with its own variant and io::ErrorKind.
 #[test]
 fn errors_name_their_cause_once_with_a_matching_io_kind() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::errors_name_their_cause_once_with_a_matching_io_kind",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     stream.send(b"x").unwrap();
@@ -268,6 +296,10 @@ fn errors_name_their_cause_once_with_a_matching_io_kind() {
 /// already announced; the client must not take them back and recycle them (the peer will).
 #[test]
 fn a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let stream = session.open_stream().unwrap();
     // The client-to-server queue is the first half; its working flag is at byte 20.
@@ -298,6 +330,10 @@ fn a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer() {
 /// as the end of the stream, nor put an empty chunk in front of a `Buf` with bytes behind it.
 #[test]
 fn an_empty_fallback_frame_is_no_data_not_an_end() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::an_empty_fallback_frame_is_no_data_not_an_end",
+        std::time::Duration::from_secs(120),
+    );
     use bytes::Buf;
     use std::io::Read;
     let (raw, session) = setup(Config::default());
@@ -382,6 +418,10 @@ impl RawServer {
 /// first and recycled the message as data for a closed stream.
 #[test]
 fn a_stream_close_frame_does_not_overtake_data_queued_before_it() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_stream_close_frame_does_not_overtake_data_queued_before_it",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let bulk_stream = session.open_stream().unwrap();
     bulk_stream.send(b"open").unwrap();
@@ -430,6 +470,10 @@ fn a_stream_close_frame_does_not_overtake_data_queued_before_it() {
 /// 2 MiB fallback frame when the push and the close happen).
 #[test]
 fn data_queued_before_the_peer_closes_the_socket_is_delivered() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::data_queued_before_the_peer_closes_the_socket_is_delivered",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let bulk_stream = session.open_stream().unwrap();
     bulk_stream.send(b"open").unwrap();
@@ -474,6 +518,10 @@ fn data_queued_before_the_peer_closes_the_socket_is_delivered() {
 /// server here takes its queue only after 300 ms; the old client closed the socket at once.
 #[test]
 fn closing_a_session_waits_until_the_peer_took_the_queued_stream_close() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::closing_a_session_waits_until_the_peer_took_the_queued_stream_close",
+        std::time::Duration::from_secs(120),
+    );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
     stream.send(b"last").unwrap();
@@ -513,6 +561,10 @@ fn closing_a_session_waits_until_the_peer_took_the_queued_stream_close() {
 /// lock: both reads end by their own deadlines.
 #[test]
 fn a_flood_of_polling_frames_holds_no_reader_past_its_deadline() {
+    let _deadline = shmlink_tests::deadline(
+        "raw_peer::a_flood_of_polling_frames_holds_no_reader_past_its_deadline",
+        std::time::Duration::from_secs(120),
+    );
     for sync in [shmlink::SyncMode::Event, shmlink::SyncMode::Adaptive] {
         let (raw, session) = setup(Config {
             sync,

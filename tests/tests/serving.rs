@@ -107,16 +107,28 @@ fn sixty_four_clients_and_silent_ones(rt: &str) {
 
 #[test]
 fn sixty_four_clients_of_sixteen_streams_and_silent_ones_blocking() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::sixty_four_clients_of_sixteen_streams_and_silent_ones_blocking",
+        std::time::Duration::from_secs(120),
+    );
     sixty_four_clients_and_silent_ones("blocking");
 }
 
 #[test]
 fn sixty_four_clients_of_sixteen_streams_and_silent_ones_tokio() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::sixty_four_clients_of_sixteen_streams_and_silent_ones_tokio",
+        std::time::Duration::from_secs(120),
+    );
     sixty_four_clients_and_silent_ones("tokio");
 }
 
 #[test]
 fn sixty_four_clients_of_sixteen_streams_and_silent_ones_smol() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::sixty_four_clients_of_sixteen_streams_and_silent_ones_smol",
+        std::time::Duration::from_secs(120),
+    );
     sixty_four_clients_and_silent_ones("smol");
 }
 
@@ -279,16 +291,28 @@ fn killed_worker(kind: &str) {
 
 #[test]
 fn a_killed_worker_loses_only_its_sessions_blocking_manager() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::a_killed_worker_loses_only_its_sessions_blocking_manager",
+        std::time::Duration::from_secs(120),
+    );
     killed_worker("blocking");
 }
 
 #[test]
 fn a_killed_worker_loses_only_its_sessions_tokio_manager() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::a_killed_worker_loses_only_its_sessions_tokio_manager",
+        std::time::Duration::from_secs(120),
+    );
     killed_worker("tokio");
 }
 
 #[test]
 fn a_killed_worker_loses_only_its_sessions_smol_manager() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::a_killed_worker_loses_only_its_sessions_smol_manager",
+        std::time::Duration::from_secs(120),
+    );
     killed_worker("smol");
 }
 
@@ -411,15 +435,27 @@ fn graceful_shutdown_under_load(rt: &str) {
 
 #[test]
 fn graceful_shutdown_under_load_blocking() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::graceful_shutdown_under_load_blocking",
+        std::time::Duration::from_secs(120),
+    );
     graceful_shutdown_under_load("blocking");
 }
 
 #[test]
 fn graceful_shutdown_under_load_tokio() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::graceful_shutdown_under_load_tokio",
+        std::time::Duration::from_secs(120),
+    );
     graceful_shutdown_under_load("tokio");
 }
 
 #[test]
 fn graceful_shutdown_under_load_smol() {
+    let _deadline = shmlink_tests::deadline(
+        "serving::graceful_shutdown_under_load_smol",
+        std::time::Duration::from_secs(120),
+    );
     graceful_shutdown_under_load("smol");
 }

@@ -18,6 +18,10 @@ fn fast_config() -> Config {
 
 #[test]
 fn a_server_that_never_answers_times_the_client_handshake_out() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::a_server_that_never_answers_times_the_client_handshake_out",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("silent")));
     let listener = UnixListener::bind(&sock).unwrap();
     let keeper = std::thread::spawn(move || {
@@ -44,6 +48,10 @@ fn a_server_that_never_answers_times_the_client_handshake_out() {
 
 #[test]
 fn a_client_that_never_speaks_times_the_server_handshake_out() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::a_client_that_never_speaks_times_the_server_handshake_out",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("mute")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let _client = UnixStream::connect(&sock).unwrap();
@@ -68,6 +76,10 @@ fn a_client_that_never_speaks_times_the_server_handshake_out() {
 
 #[test]
 fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::a_client_opening_with_version_4_is_refused_with_a_clear_error",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("v4")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let mut client = UnixStream::connect(&sock).unwrap();
@@ -81,6 +93,10 @@ fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
 
 #[test]
 fn file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused",
+        std::time::Duration::from_secs(120),
+    );
     let listener = Listener::bind_tcp("127.0.0.1:0", fast_config()).unwrap();
     let addr = listener.local_tcp_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -108,6 +124,10 @@ fn file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused() {
 
 #[test]
 fn an_invalid_configuration_is_named_before_anything_is_created() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::an_invalid_configuration_is_named_before_anything_is_created",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("cfg")));
     let _listener = Listener::bind(&sock, Config::default()).unwrap();
     let config = Config {
@@ -130,6 +150,10 @@ fn an_invalid_configuration_is_named_before_anything_is_created() {
 
 #[test]
 fn v3_file_mode_is_negotiated_when_asked() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::v3_file_mode_is_negotiated_when_asked",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("v3file")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let server = std::thread::spawn(move || {
@@ -154,6 +178,10 @@ fn v3_file_mode_is_negotiated_when_asked() {
 
 #[test]
 fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("view")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let server = std::thread::spawn(move || {
@@ -196,6 +224,10 @@ fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
 
 #[test]
 fn accept_gives_up_when_nobody_connects() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::accept_gives_up_when_nobody_connects",
+        std::time::Duration::from_secs(120),
+    );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("nobody")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let start = Instant::now();
@@ -208,6 +240,10 @@ fn accept_gives_up_when_nobody_connects() {
 
 #[test]
 fn metrics_follow_gos_definitions() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::metrics_follow_gos_definitions",
+        std::time::Duration::from_secs(120),
+    );
     let sock = socket_path("metrics");
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let server = std::thread::spawn(move || {
@@ -250,6 +286,10 @@ fn metrics_follow_gos_definitions() {
 
 #[test]
 fn exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering_bytes() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering_bytes",
+        std::time::Duration::from_secs(120),
+    );
     let sock = socket_path("exhausted");
     let listener = Listener::bind(&sock, fast_config()).unwrap();
     let server = std::thread::spawn(move || {

@@ -135,6 +135,10 @@ fn work(
 
 #[test]
 fn soak_with_random_closes_and_reconnects_leaves_nothing_behind_and_memory_flat() {
+    let _deadline = shmlink_tests::deadline(
+        "soak::soak_with_random_closes_and_reconnects_leaves_nothing_behind_and_memory_flat",
+        std::time::Duration::from_secs(600),
+    );
     let secs: u64 = std::env::var("SHMLINK_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -85,6 +85,10 @@ impl Subscriber for Shared {
 
 #[test]
 fn events_name_their_session_and_stream_and_none_come_per_message() {
+    let _deadline = shmlink_tests::deadline(
+        "tracing_events::events_name_their_session_and_stream_and_none_come_per_message",
+        std::time::Duration::from_secs(120),
+    );
     let capture = Arc::new(Capture::default());
     tracing::subscriber::set_global_default(Shared(Arc::clone(&capture))).unwrap();
     let seen = || capture.0.lock().unwrap().clone();

@@ -184,16 +184,28 @@ fn abandoned_read_strands_nothing(how: Abandon) {
 
 #[test]
 fn a_read_abandoned_after_two_polls_strands_nothing() {
+    let _deadline = shmlink_tests::deadline(
+        "waiting::a_read_abandoned_after_two_polls_strands_nothing",
+        std::time::Duration::from_secs(120),
+    );
     abandoned_read_strands_nothing(Abandon::AfterTwoPolls);
 }
 
 #[test]
 fn a_bare_read_under_a_timeout_in_poll_mode_strands_nothing() {
+    let _deadline = shmlink_tests::deadline(
+        "waiting::a_bare_read_under_a_timeout_in_poll_mode_strands_nothing",
+        std::time::Duration::from_secs(120),
+    );
     abandoned_read_strands_nothing(Abandon::Timeout);
 }
 
 #[test]
 fn a_read_on_a_runtime_nobody_drives_strands_nothing_in_event_mode() {
+    let _deadline = shmlink_tests::deadline(
+        "waiting::a_read_on_a_runtime_nobody_drives_strands_nothing_in_event_mode",
+        std::time::Duration::from_secs(120),
+    );
     abandoned_read_strands_nothing(Abandon::UndrivenRuntime);
 }
 
@@ -202,6 +214,10 @@ fn a_read_on_a_runtime_nobody_drives_strands_nothing_in_event_mode() {
 /// close was sent: the close must not overtake the message.
 #[test]
 fn a_close_never_overtakes_a_last_message_that_fell_back() {
+    let _deadline = shmlink_tests::deadline(
+        "waiting::a_close_never_overtakes_a_last_message_that_fell_back",
+        std::time::Duration::from_secs(120),
+    );
     for sync in [SyncMode::Event, SyncMode::Adaptive] {
         let sock = socket_path("close-after-fallback");
         let server_config = Config {
