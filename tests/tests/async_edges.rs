@@ -21,7 +21,7 @@ async fn pair(config: Config) -> (AsyncSession, AsyncSession, Listener) {
 async fn a_cancelled_spinning_read_does_not_strand_a_sleeping_reader() {
     let _deadline = shmlink_tests::deadline(
         "async_edges::a_cancelled_spinning_read_does_not_strand_a_sleeping_reader",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let config = Config {
         sync: SyncMode::Adaptive,
@@ -65,7 +65,7 @@ async fn a_cancelled_spinning_read_does_not_strand_a_sleeping_reader() {
 async fn a_cancelled_write_waiting_for_queue_room_returns_its_memory() {
     let _deadline = shmlink_tests::deadline(
         "async_edges::a_cancelled_write_waiting_for_queue_room_returns_its_memory",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let config = Config {
         queue_cap: 16,
@@ -104,7 +104,7 @@ async fn a_cancelled_write_waiting_for_queue_room_returns_its_memory() {
 async fn split_halves_work_from_two_tasks() {
     let _deadline = shmlink_tests::deadline(
         "async_edges::split_halves_work_from_two_tasks",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (client, server, _listener) = pair(Config::default()).await;
     let stream = client.open_stream().unwrap();

@@ -42,7 +42,7 @@ fn wait_all_free(session: &Session) {
 fn a_serializer_writes_through_bufmut_and_io_write_across_slice_boundaries() {
     let _deadline = shmlink_tests::deadline(
         "bytes_api::a_serializer_writes_through_bufmut_and_io_write_across_slice_boundaries",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (client, c, _server, mut s) = pair();
     // 200,000 bytes need a chain of two 131,052-byte slices: the writes cross the boundary.
@@ -78,7 +78,7 @@ fn a_serializer_writes_through_bufmut_and_io_write_across_slice_boundaries() {
 fn read_bytes_within_a_slice_is_zero_copy_and_the_slice_returns_when_the_last_bytes_drops() {
     let _deadline = shmlink_tests::deadline(
         "bytes_api::read_bytes_within_a_slice_is_zero_copy_and_the_slice_returns_when_the_last_bytes_drops",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (client, c, _server, mut s) = pair();
     let body = payload(3000, 9);
@@ -111,7 +111,7 @@ fn read_bytes_within_a_slice_is_zero_copy_and_the_slice_returns_when_the_last_by
 fn read_buf_gives_the_slices_as_a_buf_and_mixes_with_other_reads() {
     let _deadline = shmlink_tests::deadline(
         "bytes_api::read_buf_gives_the_slices_as_a_buf_and_mixes_with_other_reads",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (client, c, _server, mut s) = pair();
     let a = payload(10_000, 1);
@@ -145,7 +145,7 @@ fn read_buf_gives_the_slices_as_a_buf_and_mixes_with_other_reads() {
 fn a_stream_that_ends_mid_read_says_so_and_keeps_the_bytes() {
     let _deadline = shmlink_tests::deadline(
         "bytes_api::a_stream_that_ends_mid_read_says_so_and_keeps_the_bytes",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (_client, mut c, _server, mut s) = pair();
     c.send(b"half").unwrap();

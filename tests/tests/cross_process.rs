@@ -59,7 +59,7 @@ fn serve_child_client(mode: &str, extra: &[&str], sessions: usize) {
 fn memfd_messages_from_1_byte_to_4_mib_echo_between_processes() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::memfd_messages_from_1_byte_to_4_mib_echo_between_processes",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     serve_child_client("--memfd", &["--sizes", SIZES], 1);
 }
@@ -68,7 +68,7 @@ fn memfd_messages_from_1_byte_to_4_mib_echo_between_processes() {
 fn devshm_messages_from_1_byte_to_4_mib_echo_between_processes() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::devshm_messages_from_1_byte_to_4_mib_echo_between_processes",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     serve_child_client("--devshm", &["--sizes", SIZES], 1);
 }
@@ -77,7 +77,7 @@ fn devshm_messages_from_1_byte_to_4_mib_echo_between_processes() {
 fn many_streams_on_one_session_keep_their_bytes_apart() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::many_streams_on_one_session_keep_their_bytes_apart",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     serve_child_client(
         "--memfd",
@@ -90,7 +90,7 @@ fn many_streams_on_one_session_keep_their_bytes_apart() {
 fn thousands_of_small_and_chained_messages_on_concurrent_streams_arrive_intact() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::thousands_of_small_and_chained_messages_on_concurrent_streams_arrive_intact",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     // 8 streams x 300 round trips, sizes from 1 byte to multi-slice chains, all at once: any
     // lost wake-up would hang (bounded by the peer timeout), any mix-up fails a byte compare.
@@ -112,7 +112,7 @@ fn thousands_of_small_and_chained_messages_on_concurrent_streams_arrive_intact()
 fn several_sessions_from_one_client_process() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::several_sessions_from_one_client_process",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     serve_child_client(
         "--memfd",
@@ -126,7 +126,7 @@ fn several_sessions_from_one_client_process() {
 fn server_closing_a_stream_ends_it_for_the_client_process() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::server_closing_a_stream_ends_it_for_the_client_process",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = socket_path("shmlink-close");
     let prefix = format!("/dev/shm/{}", unique("shmlink-close"));
@@ -204,7 +204,7 @@ fn client_to_child_server(mode: MemMode) {
 fn client_in_this_process_talks_to_a_server_process_over_memfd() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::client_in_this_process_talks_to_a_server_process_over_memfd",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     client_to_child_server(MemMode::Memfd);
 }
@@ -213,7 +213,7 @@ fn client_in_this_process_talks_to_a_server_process_over_memfd() {
 fn client_in_this_process_talks_to_a_server_process_over_devshm() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::client_in_this_process_talks_to_a_server_process_over_devshm",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     client_to_child_server(MemMode::File);
 }
@@ -222,7 +222,7 @@ fn client_in_this_process_talks_to_a_server_process_over_devshm() {
 fn a_peer_process_killed_mid_session_ends_the_session_with_an_error_not_a_hang() {
     let _deadline = shmlink_tests::deadline(
         "cross_process::a_peer_process_killed_mid_session_ends_the_session_with_an_error_not_a_hang",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = socket_path("shmlink-kill");
     let mut child = spawn_server_peer(&sock);

@@ -46,7 +46,7 @@ fn message(seq: u32, size: usize) -> Vec<u8> {
 fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
     let _deadline = shmlink_tests::deadline(
         "exhaustion::wait_delivers_every_message_once_and_in_order_through_shared_memory_only",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     use std::sync::atomic::{AtomicBool, Ordering};
     let (client, c, _server, mut s) = pair(small(Exhaustion::Wait));
@@ -107,7 +107,7 @@ fn wait_delivers_every_message_once_and_in_order_through_shared_memory_only() {
 fn error_refuses_at_once_loses_nothing_accepted_and_recovers() {
     let _deadline = shmlink_tests::deadline(
         "exhaustion::error_refuses_at_once_loses_nothing_accepted_and_recovers",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (_client, c, _server, mut s) = pair(small(Exhaustion::Error));
     let mut accepted = Vec::new();
@@ -138,7 +138,7 @@ fn error_refuses_at_once_loses_nothing_accepted_and_recovers() {
 fn wait_gives_up_at_the_write_timeout_and_refuses_what_can_never_fit() {
     let _deadline = shmlink_tests::deadline(
         "exhaustion::wait_gives_up_at_the_write_timeout_and_refuses_what_can_never_fit",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (_client, mut c, _server, _s) = pair(small(Exhaustion::Wait));
     c.set_write_timeout(Duration::from_millis(200));
@@ -235,7 +235,7 @@ fn check_storm_stream(mut stream: Stream, late: bool) -> Result<u32, String> {
 fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
     let _deadline = shmlink_tests::deadline(
         "exhaustion::a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     const WRITERS: u32 = 12;
     const ROUNDS: u32 = 5;

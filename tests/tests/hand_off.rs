@@ -14,7 +14,7 @@ use shmlink_tests::socket_path;
 fn an_owner_that_leaves_hands_the_pump_to_a_waiting_reader() {
     let _deadline = shmlink_tests::deadline(
         "hand_off::an_owner_that_leaves_hands_the_pump_to_a_waiting_reader",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("skipped: one CPU, nothing spins");

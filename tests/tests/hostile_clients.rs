@@ -65,7 +65,7 @@ fn truncated_region_client(path: &std::path::Path) -> Conn {
 fn hostile_and_silent_clients_cost_only_their_own_connection() {
     let _deadline = shmlink_tests::deadline(
         "hostile_clients::hostile_and_silent_clients_cost_only_their_own_connection",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = sock("hostile");
     let config = Config {
@@ -130,7 +130,7 @@ fn hostile_and_silent_clients_cost_only_their_own_connection() {
 fn file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setting() {
     let _deadline = shmlink_tests::deadline(
         "hostile_clients::file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setting",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = sock("confine");
     let listener = Listener::bind(&path, Config::default()).unwrap();
@@ -196,7 +196,7 @@ fn file_mode_paths_outside_the_shm_directories_are_refused_naming_path_and_setti
 fn a_message_larger_than_all_shared_memory_falls_back_both_ways() {
     let _deadline = shmlink_tests::deadline(
         "hostile_clients::a_message_larger_than_all_shared_memory_falls_back_both_ways",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = sock("bigger");
     let listener = Listener::bind(&path, Config::default()).unwrap();
@@ -251,7 +251,7 @@ fn a_message_larger_than_all_shared_memory_falls_back_both_ways() {
 fn a_fallback_frame_above_the_receivers_limit_closes_the_session_naming_it() {
     let _deadline = shmlink_tests::deadline(
         "hostile_clients::a_fallback_frame_above_the_receivers_limit_closes_the_session_naming_it",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = sock("recv-limit");
     let listener = Listener::bind(
@@ -315,7 +315,7 @@ fn raw_memfd_session(
 fn a_chain_announced_again_in_another_session_of_the_same_region_is_refused() {
     let _deadline = shmlink_tests::deadline(
         "hostile_clients::a_chain_announced_again_in_another_session_of_the_same_region_is_refused",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     use shmlink_core::buffer::{self, DEFAULT_SIZE_CLASSES};
     use shmlink_core::queue::{self, Element, Wake};
@@ -394,7 +394,7 @@ fn a_chain_announced_again_in_another_session_of_the_same_region_is_refused() {
 fn a_client_of_another_user_is_refused_unless_allowed() {
     let _deadline = shmlink_tests::deadline(
         "hostile_clients::a_client_of_another_user_is_refused_unless_allowed",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     use std::os::unix::process::CommandExt;
     if rustix::process::geteuid().as_raw() != 0 {

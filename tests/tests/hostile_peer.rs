@@ -367,7 +367,7 @@ fn header(length: u32, version: u8, kind: u8) -> Vec<u8> {
 fn garbage_on_the_socket() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::garbage_on_the_socket",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -379,7 +379,7 @@ fn garbage_on_the_socket() {
 fn a_frame_cut_short_by_a_hang_up() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_frame_cut_short_by_a_hang_up",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(&header(16, 3, 2)[..6]);
@@ -392,7 +392,7 @@ fn a_frame_cut_short_by_a_hang_up() {
 fn a_frame_of_version_zero() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_frame_of_version_zero",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(&header(8, 0, 1));
@@ -404,7 +404,7 @@ fn a_frame_of_version_zero() {
 fn a_frame_of_unknown_type() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_frame_of_unknown_type",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(&header(8, 3, 42));
@@ -416,7 +416,7 @@ fn a_frame_of_unknown_type() {
 fn a_frame_with_a_huge_length() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_frame_with_a_huge_length",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(&header(0xffff_fff0, 3, 3));
@@ -428,7 +428,7 @@ fn a_frame_with_a_huge_length() {
 fn a_length_that_does_not_fit_the_type() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_length_that_does_not_fit_the_type",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(&header(9, 3, 1));
@@ -440,7 +440,7 @@ fn a_length_that_does_not_fit_the_type() {
 fn a_handshake_frame_after_the_handshake() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_handshake_frame_after_the_handshake",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         a.raw.send_raw(&encode(3, Message::AckReadyRecvFd));
@@ -452,7 +452,7 @@ fn a_handshake_frame_after_the_handshake() {
 fn a_queue_element_outside_the_region() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_queue_element_outside_the_region",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         let offset = a.raw.buffer.len() as u32 + 4096;
@@ -468,7 +468,7 @@ fn a_queue_element_outside_the_region() {
 fn a_queue_element_into_the_middle_of_a_slice() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_queue_element_into_the_middle_of_a_slice",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         let slice = a.raw.write_chain(&[b"abc"])[0];
@@ -485,7 +485,7 @@ fn a_queue_element_into_the_middle_of_a_slice() {
 fn a_chain_that_loops() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_chain_that_loops",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         let slices = a.raw.write_chain(&[b"one", b"two"]);
@@ -503,7 +503,7 @@ fn a_chain_that_loops() {
 fn a_chain_that_runs_past_the_region() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_chain_that_runs_past_the_region",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         let slice = a.raw.write_chain(&[b"one"])[0];
@@ -519,7 +519,7 @@ fn a_chain_that_runs_past_the_region() {
 fn a_length_past_the_slice() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_length_past_the_slice",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         let slice = a.raw.write_chain(&[b"one"])[0];
@@ -539,7 +539,7 @@ fn a_length_past_the_slice() {
 fn a_chain_announced_twice() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_chain_announced_twice",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         let first = a.raw.write_chain(&[b"twice"])[0];
@@ -557,7 +557,7 @@ fn a_chain_announced_twice() {
 fn a_queue_tail_that_jumps() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_queue_tail_that_jumps",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     both(|a| {
         // The compat header: head (i64) at 4, tail (i64) at 12.
@@ -577,7 +577,7 @@ fn a_queue_tail_that_jumps() {
 fn a_slice_recycled_twice() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_slice_recycled_twice",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena(ours);
@@ -633,7 +633,7 @@ fn a_slice_recycled_twice() {
 fn headers_rewritten_while_we_read() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::headers_rewritten_while_we_read",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena(ours);
@@ -699,7 +699,7 @@ fn headers_rewritten_while_we_read() {
 fn a_peer_that_stops_reading() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_peer_that_stops_reading",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena(ours);
@@ -732,7 +732,7 @@ fn a_peer_that_stops_reading() {
 fn a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena_with(
@@ -769,7 +769,7 @@ fn a_peer_that_stops_reading_fails_waiting_writes_at_their_deadline() {
 fn a_hanging_peer_is_closed_after_the_configured_silence() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::a_hanging_peer_is_closed_after_the_configured_silence",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for ours in [Ours::Server, Ours::Client] {
         let mut a = arena_with(
@@ -814,7 +814,7 @@ fn a_hanging_peer_is_closed_after_the_configured_silence() {
 fn the_stall_check_leaves_live_peers_alone() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::the_stall_check_leaves_live_peers_alone",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = sock("stall-live");
     let config = Config {
@@ -878,7 +878,7 @@ fn client_until_fds(path: &Path) -> Conn {
 fn clients_sending_the_wrong_number_of_fds_are_refused_by_our_listener() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::clients_sending_the_wrong_number_of_fds_are_refused_by_our_listener",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = sock("fdcount");
     let listener = Listener::bind(&path, config()).unwrap();
@@ -954,7 +954,7 @@ fn hostile_server(
 fn hostile_servers_fail_our_handshake_with_a_named_error_and_in_time() {
     let _deadline = shmlink_tests::deadline(
         "hostile_peer::hostile_servers_fail_our_handshake_with_a_named_error_and_in_time",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let cases: Vec<(usize, Vec<u8>, bool, &str)> = vec![
         (

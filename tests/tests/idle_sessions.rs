@@ -56,7 +56,7 @@ fn request(i: usize) -> Vec<u8> {
 fn replies_left_unread_on_closed_streams_give_their_memory_back_while_the_session_idles() {
     let _deadline = shmlink_tests::deadline(
         "idle_sessions::replies_left_unread_on_closed_streams_give_their_memory_back_while_the_session_idles",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for sync in MODES {
         let (sock, listener, replies) = counting_echo_server("idle-replies");
@@ -94,7 +94,7 @@ fn replies_left_unread_on_closed_streams_give_their_memory_back_while_the_sessio
 fn a_tokio_session_that_nobody_polls_gives_the_memory_of_unread_replies_back() {
     let _deadline = shmlink_tests::deadline(
         "idle_sessions::a_tokio_session_that_nobody_polls_gives_the_memory_of_unread_replies_back",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (sock, listener, replies) = counting_echo_server("idle-tokio");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,7 +136,7 @@ fn a_tokio_session_that_nobody_polls_gives_the_memory_of_unread_replies_back() {
 fn a_drain_interval_below_a_millisecond_is_refused_by_name() {
     let _deadline = shmlink_tests::deadline(
         "idle_sessions::a_drain_interval_below_a_millisecond_is_refused_by_name",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let config = Config {
         idle_drain_interval: Some(Duration::from_micros(100)),
@@ -155,7 +155,7 @@ fn a_drain_interval_below_a_millisecond_is_refused_by_name() {
 fn an_idle_client_is_not_taken_for_a_stalled_peer_and_finds_what_came_meanwhile() {
     let _deadline = shmlink_tests::deadline(
         "idle_sessions::an_idle_client_is_not_taken_for_a_stalled_peer_and_finds_what_came_meanwhile",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for sync in MODES {
         // The server sends its replies late, after the client has gone quiet, and closes

@@ -129,7 +129,7 @@ fn their_client_our_server(
 fn their_memfd_v3_client_echoes_chains_through_our_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::their_memfd_v3_client_echoes_chains_through_our_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &SIZES, false);
     assert_eq!(m.stability.fallback_read_count, 0);
@@ -140,7 +140,7 @@ fn their_memfd_v3_client_echoes_chains_through_our_server() {
 fn their_devshm_v2_client_echoes_chains_through_our_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::their_devshm_v2_client_echoes_chains_through_our_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeDevShmFile, &SIZES, false);
     assert_eq!(m.stability.fallback_read_count, 0);
@@ -150,7 +150,7 @@ fn their_devshm_v2_client_echoes_chains_through_our_server() {
 fn their_fallback_message_reaches_our_server_and_our_reply_falls_back_too() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::their_fallback_message_reaches_our_server_and_our_reply_falls_back_too",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (_, m) = their_client_our_server(MemMapType::MemMapTypeMemFd, &[100, 2 << 20], true);
     assert!(m.stability.fallback_read_count >= 1, "{m:?}");
@@ -243,7 +243,7 @@ fn our_config(mode: MemMode) -> Config {
 fn our_memfd_v3_client_echoes_chains_through_their_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_memfd_v3_client_echoes_chains_through_their_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (fallback, m) = our_client_their_server(our_config(MemMode::Memfd), &SIZES);
     assert!(!fallback);
@@ -255,7 +255,7 @@ fn our_memfd_v3_client_echoes_chains_through_their_server() {
 fn our_devshm_v2_client_echoes_chains_through_their_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_devshm_v2_client_echoes_chains_through_their_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (fallback, m) = our_client_their_server(our_config(MemMode::File), &SIZES);
     assert!(!fallback);
@@ -266,7 +266,7 @@ fn our_devshm_v2_client_echoes_chains_through_their_server() {
 fn our_fallback_message_reaches_their_server_and_comes_back() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_fallback_message_reaches_their_server_and_comes_back",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let mut config = our_config(MemMode::Memfd);
     config.buffer_capacity = 1 << 20;
@@ -290,7 +290,7 @@ fn our_fallback_message_reaches_their_server_and_comes_back() {
 fn our_v3_file_mode_client_echoes_through_their_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_v3_file_mode_client_echoes_through_their_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let config = Config {
         file_mode_v3: true,
@@ -467,7 +467,7 @@ fn our_async_client_their_server(ours: Ours, mode: MemMode) {
 fn their_client_echoes_through_our_tokio_server_memfd_and_devshm() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::their_client_echoes_through_our_tokio_server_memfd_and_devshm",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     their_client_our_async_server(Ours::Tokio, MemMapType::MemMapTypeMemFd);
     their_client_our_async_server(Ours::Tokio, MemMapType::MemMapTypeDevShmFile);
@@ -477,7 +477,7 @@ fn their_client_echoes_through_our_tokio_server_memfd_and_devshm() {
 fn their_client_echoes_through_our_smol_server_memfd_and_devshm() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::their_client_echoes_through_our_smol_server_memfd_and_devshm",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     their_client_our_async_server(Ours::Smol, MemMapType::MemMapTypeMemFd);
     their_client_our_async_server(Ours::Smol, MemMapType::MemMapTypeDevShmFile);
@@ -487,7 +487,7 @@ fn their_client_echoes_through_our_smol_server_memfd_and_devshm() {
 fn our_tokio_client_echoes_through_their_server_memfd_and_devshm() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_tokio_client_echoes_through_their_server_memfd_and_devshm",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     our_async_client_their_server(Ours::Tokio, MemMode::Memfd);
     our_async_client_their_server(Ours::Tokio, MemMode::File);
@@ -497,7 +497,7 @@ fn our_tokio_client_echoes_through_their_server_memfd_and_devshm() {
 fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_smol_client_echoes_through_their_server_memfd_and_devshm",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     our_async_client_their_server(Ours::Smol, MemMode::Memfd);
     our_async_client_their_server(Ours::Smol, MemMode::File);
@@ -508,7 +508,7 @@ fn our_smol_client_echoes_through_their_server_memfd_and_devshm() {
 fn our_session_manager_echoes_through_their_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_session_manager_echoes_through_their_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = socket_path("interop-mgr");
     let rt = runtime();
@@ -538,7 +538,7 @@ fn our_session_manager_echoes_through_their_server() {
 fn our_async_session_managers_echo_through_their_server() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::our_async_session_managers_echo_through_their_server",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for rt_name in ["tokio", "smol"] {
         let sock = socket_path(&format!("interop-amgr-{rt_name}"));
@@ -599,7 +599,7 @@ fn our_async_session_managers_echo_through_their_server() {
 fn a_server_that_requires_sealed_memory_refuses_unsealed_clients_and_accepts_ours() {
     let _deadline = shmlink_tests::deadline(
         "interop_cloudwego::a_server_that_requires_sealed_memory_refuses_unsealed_clients_and_accepts_ours",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = socket_path("interop-sealed");
     let strict = Config {

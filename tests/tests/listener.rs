@@ -13,7 +13,7 @@ use shmlink_tests::{check_echoes, socket_path, unique};
 fn a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen() {
     let _deadline = shmlink_tests::deadline(
         "listener::a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("stale"));
     // A socket file whose listener is gone (bound, then the fd closed without unlinking).
@@ -36,7 +36,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen() {
 fn the_socket_file_is_private_unless_configured() {
     let _deadline = shmlink_tests::deadline(
         "listener::the_socket_file_is_private_unless_configured",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("mode"));
     let l = Listener::bind(&path, Config::default()).unwrap();
@@ -57,7 +57,7 @@ fn the_socket_file_is_private_unless_configured() {
 fn close_stops_accepting_and_unlinks_but_running_sessions_keep_working() {
     let _deadline = shmlink_tests::deadline(
         "listener::close_stops_accepting_and_unlinks_but_running_sessions_keep_working",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("close"));
     let listener = Listener::bind(&path, Config::default()).unwrap();
@@ -88,7 +88,7 @@ fn echo_stream(mut stream: shmlink::Stream) {
 fn serve_runs_the_callback_for_every_stream_of_every_client_until_closed() {
     let _deadline = shmlink_tests::deadline(
         "listener::serve_runs_the_callback_for_every_stream_of_every_client_until_closed",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("serve"));
     let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
@@ -116,7 +116,7 @@ fn serve_runs_the_callback_for_every_stream_of_every_client_until_closed() {
 fn tokio_serve_runs_the_callback_for_every_stream() {
     let _deadline = shmlink_tests::deadline(
         "listener::tokio_serve_runs_the_callback_for_every_stream",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -156,7 +156,7 @@ fn tokio_serve_runs_the_callback_for_every_stream() {
 fn accept_stream_covers_every_session_even_quiet_ones() {
     let _deadline = shmlink_tests::deadline(
         "listener::accept_stream_covers_every_session_even_quiet_ones",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("hub"));
     let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());
@@ -195,7 +195,7 @@ fn accept_stream_covers_every_session_even_quiet_ones() {
 fn tokio_and_smol_accept_stream_cover_every_session() {
     let _deadline = shmlink_tests::deadline(
         "listener::tokio_and_smol_accept_stream_cover_every_session",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for rt_name in ["tokio", "smol"] {
         let path = socket_path(&unique(&format!("hub-{rt_name}")));
@@ -252,7 +252,7 @@ fn tokio_and_smol_accept_stream_cover_every_session() {
 fn closing_a_serving_listener_ends_its_sessions_instead_of_leaving_them_silent() {
     let _deadline = shmlink_tests::deadline(
         "listener::closing_a_serving_listener_ends_its_sessions_instead_of_leaving_them_silent",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("close-hub"));
     let config = Config {

@@ -40,7 +40,7 @@ fn manager(path: &std::path::Path, sessions: usize) -> SessionManager {
 fn pooled_streams_go_back_to_their_pool_and_are_handed_out_again() {
     let _deadline = shmlink_tests::deadline(
         "manager::pooled_streams_go_back_to_their_pool_and_are_handed_out_again",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("mgr-rr"));
     let _server = echo_server(&path);
@@ -68,7 +68,7 @@ fn pooled_streams_go_back_to_their_pool_and_are_handed_out_again() {
 fn a_stream_with_unread_data_is_closed_not_pooled_and_old_idle_streams_expire() {
     let _deadline = shmlink_tests::deadline(
         "manager::a_stream_with_unread_data_is_closed_not_pooled_and_old_idle_streams_expire",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("mgr-unread"));
     let _server = echo_server(&path);
@@ -134,7 +134,7 @@ fn spawn_server(path: &std::path::Path, sessions: usize) -> Child {
 fn a_killed_server_gives_clear_errors_then_the_sessions_are_rebuilt() {
     let _deadline = shmlink_tests::deadline(
         "manager::a_killed_server_gives_clear_errors_then_the_sessions_are_rebuilt",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("mgr-kill"));
     let mut first = spawn_server(&path, 2);

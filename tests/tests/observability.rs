@@ -44,7 +44,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn the_monitor_hears_every_interval_and_once_at_close() {
     let _deadline = shmlink_tests::deadline(
         "observability::the_monitor_hears_every_interval_and_once_at_close",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let recorder = Arc::new(Recorder::default());
     let config = Config {
@@ -111,7 +111,7 @@ fn the_monitor_hears_every_interval_and_once_at_close() {
 fn a_manager_sums_its_sessions_metrics() {
     let _deadline = shmlink_tests::deadline(
         "observability::a_manager_sums_its_sessions_metrics",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let path = socket_path(&unique("monitor-mgr"));
     let listener = Arc::new(Listener::bind(&path, Config::default()).unwrap());

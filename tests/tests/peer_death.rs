@@ -361,7 +361,7 @@ fn run(ours: Ours, phase: Phase, devshm: bool, times: usize) {
 fn our_server_survives_a_client_killed_mid_handshake() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::our_server_survives_a_client_killed_mid_handshake",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Server, Phase::Handshake, false, 3);
 }
@@ -370,7 +370,7 @@ fn our_server_survives_a_client_killed_mid_handshake() {
 fn our_client_survives_a_server_killed_mid_handshake() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::our_client_survives_a_server_killed_mid_handshake",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Client, Phase::Handshake, false, 3);
 }
@@ -379,7 +379,7 @@ fn our_client_survives_a_server_killed_mid_handshake() {
 fn our_server_survives_a_client_killed_mid_write_and_mid_read() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::our_server_survives_a_client_killed_mid_write_and_mid_read",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Server, Phase::Busy, false, 4);
 }
@@ -388,7 +388,7 @@ fn our_server_survives_a_client_killed_mid_write_and_mid_read() {
 fn our_client_survives_a_server_killed_mid_write_and_mid_read() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::our_client_survives_a_server_killed_mid_write_and_mid_read",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Client, Phase::Busy, false, 4);
 }
@@ -397,7 +397,7 @@ fn our_client_survives_a_server_killed_mid_write_and_mid_read() {
 fn our_server_survives_a_client_killed_holding_slices() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::our_server_survives_a_client_killed_holding_slices",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Server, Phase::Hold, false, 3);
 }
@@ -406,7 +406,7 @@ fn our_server_survives_a_client_killed_holding_slices() {
 fn our_client_survives_a_server_killed_holding_slices() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::our_client_survives_a_server_killed_holding_slices",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Client, Phase::Hold, false, 3);
 }
@@ -415,7 +415,7 @@ fn our_client_survives_a_server_killed_holding_slices() {
 fn dev_shm_files_are_removed_when_either_side_is_killed() {
     let _deadline = shmlink_tests::deadline(
         "peer_death::dev_shm_files_are_removed_when_either_side_is_killed",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     run(Ours::Server, Phase::Busy, true, 2);
     run(Ours::Client, Phase::Busy, true, 2);

@@ -59,7 +59,7 @@ fn setup(config: Config) -> (RawServer, Session) {
 fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_close_frame() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_close_frame",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config {
         queue_cap: 16,
@@ -92,7 +92,7 @@ fn a_peer_that_never_drains_gives_queue_full_and_close_falls_back_to_a_stream_cl
 fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_hostile_queue_element_closes_the_session_with_a_clear_error",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
@@ -122,7 +122,7 @@ fn a_hostile_queue_element_closes_the_session_with_a_clear_error() {
 fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::garbage_on_the_socket_closes_the_session_with_a_clear_error",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
@@ -142,7 +142,7 @@ fn garbage_on_the_socket_closes_the_session_with_a_clear_error() {
 fn fallback_data_for_a_stream_the_client_never_opened_is_dropped() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::fallback_data_for_a_stream_the_client_never_opened_is_dropped",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
@@ -205,7 +205,7 @@ impl RawServer {
 fn a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_slice() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_slice",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
@@ -241,7 +241,7 @@ fn a_chain_announced_twice_is_delivered_once_and_the_session_closes_naming_the_s
 fn a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_it() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_it",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let writer = session.open_stream().unwrap();
@@ -271,7 +271,7 @@ fn a_peer_naming_a_slice_we_are_writing_closes_the_session_instead_of_aliasing_i
 fn errors_name_their_cause_once_with_a_matching_io_kind() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::errors_name_their_cause_once_with_a_matching_io_kind",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
@@ -298,7 +298,7 @@ fn errors_name_their_cause_once_with_a_matching_io_kind() {
 fn a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let stream = session.open_stream().unwrap();
@@ -332,7 +332,7 @@ fn a_corrupt_flag_after_a_push_leaves_the_announced_slices_to_the_peer() {
 fn an_empty_fallback_frame_is_no_data_not_an_end() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::an_empty_fallback_frame_is_no_data_not_an_end",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     use bytes::Buf;
     use std::io::Read;
@@ -420,7 +420,7 @@ impl RawServer {
 fn a_stream_close_frame_does_not_overtake_data_queued_before_it() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_stream_close_frame_does_not_overtake_data_queued_before_it",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let bulk_stream = session.open_stream().unwrap();
@@ -472,7 +472,7 @@ fn a_stream_close_frame_does_not_overtake_data_queued_before_it() {
 fn data_queued_before_the_peer_closes_the_socket_is_delivered() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::data_queued_before_the_peer_closes_the_socket_is_delivered",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let bulk_stream = session.open_stream().unwrap();
@@ -520,7 +520,7 @@ fn data_queued_before_the_peer_closes_the_socket_is_delivered() {
 fn closing_a_session_waits_until_the_peer_took_the_queued_stream_close() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::closing_a_session_waits_until_the_peer_took_the_queued_stream_close",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let (raw, session) = setup(Config::default());
     let mut stream = session.open_stream().unwrap();
@@ -563,7 +563,7 @@ fn closing_a_session_waits_until_the_peer_took_the_queued_stream_close() {
 fn a_flood_of_polling_frames_holds_no_reader_past_its_deadline() {
     let _deadline = shmlink_tests::deadline(
         "raw_peer::a_flood_of_polling_frames_holds_no_reader_past_its_deadline",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for sync in [shmlink::SyncMode::Event, shmlink::SyncMode::Adaptive] {
         let (raw, session) = setup(Config {

@@ -206,7 +206,7 @@ macro_rules! suite {
             fn echoes_1b_to_4mib_in_memfd_and_devshm() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::echoes_1b_to_4mib_in_memfd_and_devshm",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::echoes_in_both_memory_modes(stringify!($rt));
             }
@@ -215,7 +215,7 @@ macro_rules! suite {
             fn serves_a_blocking_client_in_both_modes() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::serves_a_blocking_client_in_both_modes",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::serves_a_blocking_client(stringify!($rt));
             }
@@ -224,7 +224,7 @@ macro_rules! suite {
             fn one_thousand_concurrent_streams_on_one_session() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::one_thousand_concurrent_streams_on_one_session",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::thousand_concurrent_streams(stringify!($rt));
             }
@@ -233,7 +233,7 @@ macro_rules! suite {
             fn a_reader_slower_than_its_writer_loses_nothing() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::a_reader_slower_than_its_writer_loses_nothing",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::slow_reader(stringify!($rt));
             }
@@ -242,7 +242,7 @@ macro_rules! suite {
             fn exhaustion_delivers_every_message_once_and_in_order() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::exhaustion_delivers_every_message_once_and_in_order",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::exhaustion_delivers_every_message_once_in_order(stringify!($rt));
             }
@@ -251,7 +251,7 @@ macro_rules! suite {
             fn a_process_on_one_cpu_never_spins() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::a_process_on_one_cpu_never_spins",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::one_cpu_never_spins(stringify!($rt));
             }
@@ -260,7 +260,7 @@ macro_rules! suite {
             fn the_peers_death_fails_a_pending_read() {
                 let _deadline = shmlink_tests::deadline(
                     "runtimes::the_peers_death_fails_a_pending_read",
-                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(60),
                 );
                 super::peer_death_fails_a_pending_read(stringify!($rt));
             }

@@ -109,7 +109,7 @@ fn sixty_four_clients_and_silent_ones(rt: &str) {
 fn sixty_four_clients_of_sixteen_streams_and_silent_ones_blocking() {
     let _deadline = shmlink_tests::deadline(
         "serving::sixty_four_clients_of_sixteen_streams_and_silent_ones_blocking",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     sixty_four_clients_and_silent_ones("blocking");
 }
@@ -118,7 +118,7 @@ fn sixty_four_clients_of_sixteen_streams_and_silent_ones_blocking() {
 fn sixty_four_clients_of_sixteen_streams_and_silent_ones_tokio() {
     let _deadline = shmlink_tests::deadline(
         "serving::sixty_four_clients_of_sixteen_streams_and_silent_ones_tokio",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     sixty_four_clients_and_silent_ones("tokio");
 }
@@ -127,7 +127,7 @@ fn sixty_four_clients_of_sixteen_streams_and_silent_ones_tokio() {
 fn sixty_four_clients_of_sixteen_streams_and_silent_ones_smol() {
     let _deadline = shmlink_tests::deadline(
         "serving::sixty_four_clients_of_sixteen_streams_and_silent_ones_smol",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     sixty_four_clients_and_silent_ones("smol");
 }
@@ -293,7 +293,7 @@ fn killed_worker(kind: &str) {
 fn a_killed_worker_loses_only_its_sessions_blocking_manager() {
     let _deadline = shmlink_tests::deadline(
         "serving::a_killed_worker_loses_only_its_sessions_blocking_manager",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     killed_worker("blocking");
 }
@@ -302,7 +302,7 @@ fn a_killed_worker_loses_only_its_sessions_blocking_manager() {
 fn a_killed_worker_loses_only_its_sessions_tokio_manager() {
     let _deadline = shmlink_tests::deadline(
         "serving::a_killed_worker_loses_only_its_sessions_tokio_manager",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     killed_worker("tokio");
 }
@@ -311,7 +311,7 @@ fn a_killed_worker_loses_only_its_sessions_tokio_manager() {
 fn a_killed_worker_loses_only_its_sessions_smol_manager() {
     let _deadline = shmlink_tests::deadline(
         "serving::a_killed_worker_loses_only_its_sessions_smol_manager",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     killed_worker("smol");
 }
@@ -437,7 +437,7 @@ fn graceful_shutdown_under_load(rt: &str) {
 fn graceful_shutdown_under_load_blocking() {
     let _deadline = shmlink_tests::deadline(
         "serving::graceful_shutdown_under_load_blocking",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     graceful_shutdown_under_load("blocking");
 }
@@ -446,7 +446,7 @@ fn graceful_shutdown_under_load_blocking() {
 fn graceful_shutdown_under_load_tokio() {
     let _deadline = shmlink_tests::deadline(
         "serving::graceful_shutdown_under_load_tokio",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     graceful_shutdown_under_load("tokio");
 }
@@ -455,7 +455,7 @@ fn graceful_shutdown_under_load_tokio() {
 fn graceful_shutdown_under_load_smol() {
     let _deadline = shmlink_tests::deadline(
         "serving::graceful_shutdown_under_load_smol",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     graceful_shutdown_under_load("smol");
 }

@@ -20,7 +20,7 @@ fn fast_config() -> Config {
 fn a_server_that_never_answers_times_the_client_handshake_out() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::a_server_that_never_answers_times_the_client_handshake_out",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("silent")));
     let listener = UnixListener::bind(&sock).unwrap();
@@ -50,7 +50,7 @@ fn a_server_that_never_answers_times_the_client_handshake_out() {
 fn a_client_that_never_speaks_times_the_server_handshake_out() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::a_client_that_never_speaks_times_the_server_handshake_out",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("mute")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
@@ -78,7 +78,7 @@ fn a_client_that_never_speaks_times_the_server_handshake_out() {
 fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::a_client_opening_with_version_4_is_refused_with_a_clear_error",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("v4")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
@@ -95,7 +95,7 @@ fn a_client_opening_with_version_4_is_refused_with_a_clear_error() {
 fn file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let listener = Listener::bind_tcp("127.0.0.1:0", fast_config()).unwrap();
     let addr = listener.local_tcp_addr().unwrap();
@@ -126,7 +126,7 @@ fn file_mode_sessions_work_over_tcp_and_memfd_over_tcp_is_refused() {
 fn an_invalid_configuration_is_named_before_anything_is_created() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::an_invalid_configuration_is_named_before_anything_is_created",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("cfg")));
     let _listener = Listener::bind(&sock, Config::default()).unwrap();
@@ -152,7 +152,7 @@ fn an_invalid_configuration_is_named_before_anything_is_created() {
 fn v3_file_mode_is_negotiated_when_asked() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::v3_file_mode_is_negotiated_when_asked",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("v3file")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
@@ -180,7 +180,7 @@ fn v3_file_mode_is_negotiated_when_asked() {
 fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("view")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
@@ -226,7 +226,7 @@ fn reads_time_out_and_a_zero_copy_view_returns_its_slice_on_drop() {
 fn accept_gives_up_when_nobody_connects() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::accept_gives_up_when_nobody_connects",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("nobody")));
     let listener = Listener::bind(&sock, fast_config()).unwrap();
@@ -242,7 +242,7 @@ fn accept_gives_up_when_nobody_connects() {
 fn metrics_follow_gos_definitions() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::metrics_follow_gos_definitions",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = socket_path("metrics");
     let listener = Listener::bind(&sock, fast_config()).unwrap();
@@ -288,7 +288,7 @@ fn metrics_follow_gos_definitions() {
 fn exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering_bytes() {
     let _deadline = shmlink_tests::deadline(
         "session_edges::exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering_bytes",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let sock = socket_path("exhausted");
     let listener = Listener::bind(&sock, fast_config()).unwrap();

@@ -87,7 +87,7 @@ impl Subscriber for Shared {
 fn events_name_their_session_and_stream_and_none_come_per_message() {
     let _deadline = shmlink_tests::deadline(
         "tracing_events::events_name_their_session_and_stream_and_none_come_per_message",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     let capture = Arc::new(Capture::default());
     tracing::subscriber::set_global_default(Shared(Arc::clone(&capture))).unwrap();

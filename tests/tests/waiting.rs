@@ -186,7 +186,7 @@ fn abandoned_read_strands_nothing(how: Abandon) {
 fn a_read_abandoned_after_two_polls_strands_nothing() {
     let _deadline = shmlink_tests::deadline(
         "waiting::a_read_abandoned_after_two_polls_strands_nothing",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     abandoned_read_strands_nothing(Abandon::AfterTwoPolls);
 }
@@ -195,7 +195,7 @@ fn a_read_abandoned_after_two_polls_strands_nothing() {
 fn a_bare_read_under_a_timeout_in_poll_mode_strands_nothing() {
     let _deadline = shmlink_tests::deadline(
         "waiting::a_bare_read_under_a_timeout_in_poll_mode_strands_nothing",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     abandoned_read_strands_nothing(Abandon::Timeout);
 }
@@ -204,7 +204,7 @@ fn a_bare_read_under_a_timeout_in_poll_mode_strands_nothing() {
 fn a_read_on_a_runtime_nobody_drives_strands_nothing_in_event_mode() {
     let _deadline = shmlink_tests::deadline(
         "waiting::a_read_on_a_runtime_nobody_drives_strands_nothing_in_event_mode",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     abandoned_read_strands_nothing(Abandon::UndrivenRuntime);
 }
@@ -216,7 +216,7 @@ fn a_read_on_a_runtime_nobody_drives_strands_nothing_in_event_mode() {
 fn a_close_never_overtakes_a_last_message_that_fell_back() {
     let _deadline = shmlink_tests::deadline(
         "waiting::a_close_never_overtakes_a_last_message_that_fell_back",
-        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(60),
     );
     for sync in [SyncMode::Event, SyncMode::Adaptive] {
         let sock = socket_path("close-after-fallback");
