@@ -20,15 +20,31 @@ const PEER: &str = env!("CARGO_BIN_EXE_shmlink-rt-peer");
 const SIZES: &str = "1,100,8172,8173,131052,200000,1048576,4194304";
 
 /// This process serves (blocking, every session echoed); the peer runs `rt` as the client.
-fn client_against_echo(rt: &str, extra: &[&str], config: Config) {
+/// What a run showed: the server session's metrics here, and the client's allocation
+/// failures and fallbacks (its report line).
+struct Run {
+    server: shmlink::Metrics,
+    client_alloc_errors: u64,
+    client_fallbacks: u64,
+}
+
+/// Runs the peer's client against an echo server here.
+fn client_against_echo(rt: &str, extra: &[&str], config: Config) -> Run {
     let sock = socket_path(&format!("rt-{rt}"));
     let listener = Listener::bind(&sock, config).unwrap();
-    let child = Command::new(PEER)
+    let mut child = Command::new(PEER)
         .args([rt, "client", sock.to_str().unwrap()])
         .args(extra)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+        text
+    });
     let session = listener.accept_timeout(Duration::from_secs(30)).unwrap();
     let server = std::thread::spawn(move || {
         let echoed = echo_session(&session, None);
@@ -37,11 +53,31 @@ fn client_against_echo(rt: &str, extra: &[&str], config: Config) {
     wait_success(child, Duration::from_secs(240));
     let (echoed, session) = server.join().unwrap();
     assert!(echoed.unwrap() > 0);
+    let metrics = session.metrics();
+    assert_eq!(
+        metrics.stability.refused_recycle_count, 0,
+        "a slice was recycled twice"
+    );
     drop(session);
+    let text = reading.join().unwrap();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("client-metrics "))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no client-metrics {name} in the peer's output: {text:?}"))
+    };
+    Run {
+        server: metrics,
+        client_alloc_errors: field("alloc_errors"),
+        client_fallbacks: field("fallbacks"),
+    }
 }
 
 fn echoes_in_both_memory_modes(rt: &str) {
-    client_against_echo(rt, &["--sizes", SIZES], Config::default());
+    let _ = client_against_echo(rt, &["--sizes", SIZES], Config::default());
     let prefix = format!("/dev/shm/{}", unique("rt-devshm"));
     client_against_echo(
         rt,
@@ -112,16 +148,31 @@ fn thousand_concurrent_streams(rt: &str) {
 
 fn slow_reader(rt: &str) {
     // ~90 MB of echoes against 32 MiB of shared memory: the server runs out and falls back.
-    client_against_echo(
+    // The reader trails the writer by 64 messages of 1 to 64 KB: more than 1 MiB of replies
+    // wait for it, so the server's memory runs out whatever the machine's speed.
+    let run = client_against_echo(
         rt,
-        &["--slow", "3000", "--sizes", "1000,30000,64000"],
+        &[
+            "--slow",
+            "3000",
+            "--sizes",
+            "1000,30000,64000",
+            "--buffer",
+            "1048576",
+        ],
         Config::default(),
+    );
+    let ran_out = run.server.stability.alloc_shm_error_count + run.client_alloc_errors;
+    assert!(
+        ran_out > 0,
+        "precondition: memory ran out ({:?})",
+        run.server
     );
 }
 
 fn exhaustion_delivers_every_message_once_in_order(rt: &str) {
     for policy in ["wait", "fallback"] {
-        client_against_echo(
+        let run = client_against_echo(
             rt,
             &[
                 "--buffer",
@@ -134,6 +185,15 @@ fn exhaustion_delivers_every_message_once_in_order(rt: &str) {
                 "1000,60000,200000,100,300000,5,130000",
             ],
             Config::default(),
+        );
+        // 8 streams of messages up to 300 KB through 1 MiB: an echo of one stream waits for
+        // memory that the others hold, on the client's side or on ours.
+        let ran_out = run.server.stability.alloc_shm_error_count + run.client_alloc_errors;
+        assert!(
+            ran_out > 0,
+            "precondition: 1 MiB ran out under {policy} (server {:?}, client fallbacks {})",
+            run.server,
+            run.client_fallbacks
         );
     }
 }

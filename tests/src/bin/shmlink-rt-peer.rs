@@ -131,6 +131,7 @@ async fn async_role(rt: Rt, role: &str, opts: Opts) -> Result<(), String> {
                 Some(n) => slow_reader(rt, &session, n, &opts.sizes).await?,
                 None => echo_streams(rt, &session, opts.streams, &opts.sizes).await?,
             }
+            report(&session.metrics());
             check_free(&session)
         }
         "server" => {
@@ -177,6 +178,15 @@ async fn connect(rt: Rt, opts: &Opts) -> Result<AsyncSession, String> {
         _ => shmlink::smol::connect(&opts.path, opts.config.clone()).await,
     }
     .map_err(|e| e.to_string())
+}
+
+/// The client's counters for the test to check its preconditions (memory ran out, something
+/// fell back): one line on stdout.
+fn report(m: &shmlink::Metrics) {
+    println!(
+        "client-metrics alloc_errors={} fallbacks={}",
+        m.stability.alloc_shm_error_count, m.stability.fallback_write_count
+    );
 }
 
 fn check_free(session: &AsyncSession) -> Result<(), String> {
@@ -423,6 +433,7 @@ fn blocking_client(opts: &Opts) -> Result<(), String> {
                 }
             }
         }
+        report(&session.metrics());
         return Ok(());
     }
     // Every stream is opened before any sends (see echo_streams).
@@ -443,7 +454,9 @@ fn blocking_client(opts: &Opts) -> Result<(), String> {
         handles
             .into_iter()
             .try_for_each(|h| h.join().map_err(|_| "stream thread panicked".to_owned())?)
-    })
+    })?;
+    report(&session.metrics());
+    Ok(())
 }
 
 fn blocking_server(opts: &Opts) -> Result<(), String> {
