@@ -8,10 +8,11 @@
 //!
 //! # Runtimes
 //!
-//! One protocol driver serves three runtimes; no session has a thread of its own. The task
-//! (or thread) that waits for data drains the shared receive queue itself, hands what it finds
-//! for other streams to their buffers and wakes only those, and returns its own data without
-//! a hop; writers publish from their own task.
+//! One protocol driver serves three runtimes; no session has a thread of its own. Of the
+//! tasks (or threads) waiting on a session, one at a time owns its pump: it drains the shared
+//! receive queue, hands what it finds for other streams to their buffers and wakes only
+//! those, and returns its own data without a hop; the others sleep until their stream
+//! receives something or the pump is handed to them. Writers publish from their own task.
 //!
 //! - blocking (always): [`Session`], [`Stream`], [`Listener`];
 //! - `tokio` (feature): [`tokio::connect`] / [`tokio::accept`] give an [`AsyncSession`]

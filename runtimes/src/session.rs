@@ -1,5 +1,6 @@
-//! Sessions: the connection between a client and a server, its shared memory, and the driver
-//! thread that reads control frames and drains the receive queue.
+//! Sessions: the connection between a client and a server, its shared memory, and the
+//! handshake that sets them up. There is no driver thread: whoever waits on the session pumps
+//! it (`driver/`), and the monitor thread drains sessions nobody waits on.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
