@@ -15,6 +15,12 @@ import sys
 
 # name: (file, original text, mutated text, test file, model name, expected "caught"/"missed")
 MUTATIONS = {
+    "vacancy-never-resolved": (
+        "core/src/waiters.rs",
+        "        if self.owner != NIL || self.successor != NIL || self.vacancy != vacancy || self.len == 0 {",
+        "        if true || self.owner != NIL || self.successor != NIL || self.vacancy != vacancy || self.len == 0 {",
+        "waiters", "a_vacancy_left_lazily_is_handed_over_later", "caught",
+    ),
     "producer-flag-load-relaxed": (
         "core/src/queue.rs",
         "match self.queue.header.working.load(Ordering::SeqCst) {",

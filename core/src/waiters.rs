@@ -32,6 +32,8 @@ pub enum Kind {
 struct Entry {
     waker: Option<Waker>,
     kind: Kind,
+    /// A reader whose last wait ended with data a moment ago: likely to receive again.
+    recent: bool,
     prev: u32,
     next: u32,
     live: bool,
@@ -58,6 +60,10 @@ pub struct Registry {
     /// Bumped by [`progress`](Self::progress): lets a watchdog tell an owner that stopped
     /// being polled (an abandoned read) from one that works.
     progress: u64,
+    /// Live readers marked recent.
+    recent: usize,
+    /// Bumped by every vacancy [`leave_lazily`](Self::leave_lazily) leaves behind.
+    vacancy: u64,
 }
 
 impl Default for Registry {
@@ -88,6 +94,8 @@ impl Registry {
             owner_asleep: false,
             successor: NIL,
             progress: 0,
+            recent: 0,
+            vacancy: 0,
         }
     }
 
@@ -113,6 +121,7 @@ impl Registry {
             self.entries.push(Entry {
                 waker: None,
                 kind,
+                recent: false,
                 prev: NIL,
                 next: NIL,
                 live: false,
@@ -123,6 +132,7 @@ impl Registry {
         let e = &mut self.entries[i as usize];
         e.waker = Some(waker.clone());
         e.kind = kind;
+        e.recent = false;
         e.live = true;
         e.prev = tail;
         e.next = NIL;
@@ -160,6 +170,68 @@ impl Registry {
             return true;
         }
         false
+    }
+
+    /// Marks a reader recent (its last wait ended with data a moment ago) or not: when an
+    /// owner leaves with its data, a recent reader is woken to take the pump over at once,
+    /// while readers that have been idle are left asleep (see
+    /// [`leave_lazily`](Self::leave_lazily)).
+    pub fn set_recent(&mut self, ticket: Ticket, recent: bool) {
+        let Some(e) = ticket.and_then(|i| self.entries.get_mut(i as usize)) else {
+            return;
+        };
+        let recent = recent && e.live && e.kind == Kind::Reader;
+        if e.recent != recent {
+            e.recent = recent;
+            if recent {
+                self.recent += 1;
+            } else {
+                self.recent -= 1;
+            }
+        }
+    }
+
+    /// [`leave`](Self::leave) for an owner that got its data and will likely be back in a
+    /// moment: the pump goes at once only to a recent reader (readers first, oldest first).
+    /// With none, nobody is woken now: the pump stays vacant and the returned vacancy number
+    /// lets the caller hand it over later with [`resolve_vacancy`](Self::resolve_vacancy) if
+    /// nobody claimed it meanwhile. `(waker to call, vacancy left behind)`.
+    pub fn leave_lazily(&mut self, ticket: &mut Ticket) -> (Option<Waker>, Option<u64>) {
+        if !self.owns(*ticket) {
+            return (self.leave(ticket, false), None);
+        }
+        let me = *ticket;
+        if self.recent > 0 {
+            let next = self.pick_recent(me);
+            if next != NIL {
+                // Unlink first (the owner leaves), then name the successor.
+                let mut t = me;
+                self.unlink_only(&mut t);
+                *ticket = None;
+                self.owner = NIL;
+                self.owner_asleep = false;
+                self.successor = next;
+                return (self.entries[next as usize].waker.clone(), None);
+            }
+        }
+        let mut t = me;
+        self.unlink_only(&mut t);
+        *ticket = None;
+        self.owner = NIL;
+        self.owner_asleep = false;
+        self.successor = NIL;
+        self.vacancy = self.vacancy.wrapping_add(1);
+        (None, Some(self.vacancy))
+    }
+
+    /// A vacancy left by [`leave_lazily`](Self::leave_lazily), looked at again later: if the
+    /// pump is still vacant since then (no owner, no successor, no later vacancy) and somebody
+    /// waits, it is handed over now (readers first, acceptors too).
+    pub fn resolve_vacancy(&mut self, vacancy: u64) -> Option<Waker> {
+        if self.owner != NIL || self.successor != NIL || self.vacancy != vacancy || self.len == 0 {
+            return None;
+        }
+        self.hand_off(true)
     }
 
     /// The owner goes to sleep (the flag is down, the socket armed): a reader that comes back
@@ -214,13 +286,42 @@ impl Registry {
     /// over and had not yet, the pump goes to a successor (readers first; acceptors too only
     /// if `acceptors`), whose waker is returned to be called after the lock is released.
     pub fn leave(&mut self, ticket: &mut Ticket, acceptors: bool) -> Option<Waker> {
-        let i = ticket.take()?;
-        let e = self.entries.get_mut(i as usize)?;
-        if !e.live {
+        let i = (*ticket)?;
+        if !self.unlink_only(ticket) {
             return None;
+        }
+        let owned = self.owner == i;
+        let was_successor = self.successor == i;
+        if owned {
+            self.owner = NIL;
+            self.owner_asleep = false;
+        }
+        if was_successor {
+            self.successor = NIL;
+        }
+        if (owned || was_successor) && self.owner == NIL {
+            return self.hand_off(acceptors);
+        }
+        None
+    }
+
+    /// Takes the waiter out of the list and frees its entry (no hand-off); `false` if it was
+    /// not registered.
+    fn unlink_only(&mut self, ticket: &mut Ticket) -> bool {
+        let Some(i) = ticket.take() else {
+            return false;
+        };
+        let Some(e) = self.entries.get_mut(i as usize) else {
+            return false;
+        };
+        if !e.live {
+            return false;
         }
         e.live = false;
         e.waker = None;
+        if core::mem::take(&mut e.recent) {
+            self.recent -= 1;
+        }
         let (prev, next) = (e.prev, e.next);
         e.next = self.free;
         self.free = i;
@@ -235,19 +336,7 @@ impl Registry {
             self.entries[next as usize].prev = prev;
         }
         self.len -= 1;
-        let owned = self.owner == i;
-        let was_successor = self.successor == i;
-        if owned {
-            self.owner = NIL;
-            self.owner_asleep = false;
-        }
-        if was_successor {
-            self.successor = NIL;
-        }
-        if (owned || was_successor) && self.owner == NIL {
-            return self.hand_off(acceptors);
-        }
-        None
+        true
     }
 
     /// The pump's owner gives it up without leaving (it will sleep as an ordinary waiter);
@@ -332,6 +421,19 @@ impl Registry {
         self.entries[next as usize].waker.clone()
     }
 
+    /// The oldest recent reader other than `except`.
+    fn pick_recent(&self, except: Ticket) -> u32 {
+        let mut i = self.head;
+        while i != NIL {
+            let e = &self.entries[i as usize];
+            if Some(i) != except && e.recent {
+                return i;
+            }
+            i = e.next;
+        }
+        NIL
+    }
+
     /// The oldest live waiter other than `except`: readers only, or anyone.
     fn pick(&self, except: Ticket, anyone: bool) -> u32 {
         let mut i = self.head;
@@ -407,6 +509,34 @@ mod tests {
         assert!(r.owner().is_none());
         assert!(woke(r.wake_owner(), &cc));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn an_owner_leaving_lazily_wakes_only_a_recent_reader() {
+        let mut r = Registry::new();
+        let (_, wa) = waker();
+        let (cb, wb) = waker();
+        let (cc, wc) = waker();
+        let (mut a, mut b, mut c) = (None, None, None);
+        r.register(&mut a, Kind::Reader, &wa);
+        r.register(&mut b, Kind::Reader, &wb);
+        r.register(&mut c, Kind::Reader, &wc);
+        assert!(r.claim(a));
+        // Only idle readers wait: nobody is woken, the vacancy is for later.
+        let (next, vacancy) = r.leave_lazily(&mut a);
+        assert!(next.is_none() && a.is_none());
+        let v = vacancy.expect("a vacancy");
+        assert!(r.owner().is_none() && !r.succession_pending());
+        // Still vacant later: handed over then.
+        assert!(woke(r.resolve_vacancy(v), &cb));
+        assert!(r.claim(b));
+        assert!(r.resolve_vacancy(v).is_none(), "claimed since");
+        // A recent reader is woken at once.
+        r.set_recent(c, true);
+        let (next, vacancy) = r.leave_lazily(&mut b);
+        assert!(vacancy.is_none());
+        assert!(woke(next, &cc));
+        assert!(r.claim(c));
     }
 
     #[test]

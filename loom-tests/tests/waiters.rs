@@ -16,6 +16,7 @@
 //! | `leave`: an owner leaving hands the pump to nobody | `an_owner_leaving_hands_the_pump_to_a_sleeper` | missed here, and no message is lost: an owner that leaves with nobody to take over lowers the flag and takes in what came (`lower_flag`), so the next push reaches a sleeper through the socket's readiness. What the hand-off saves (that Polling frame) is checked by `tests/tests/hand_off.rs`, which fails under this mutation |
 //! | `wake_owner`: a vacant pump wakes nobody | `data_for_a_sleeper_arriving_while_the_pump_is_vacant_is_taken_in` | caught (deadlock: an acceptor is reached only through readiness) |
 //! | `leave`: a successor cancelled before it claimed does not pass the hand-off on | `a_successor_cancelled_mid_hand_off_passes_it_on` | caught (deadlock) |
+//! | `resolve_vacancy` hands over to nobody | `a_vacancy_left_lazily_is_handed_over_later` | caught (deadlock) |
 
 #![cfg(loom)]
 
@@ -281,5 +282,49 @@ fn a_successor_cancelled_mid_hand_off_passes_it_on() {
         b.join().unwrap();
         s.send(2);
         c.join().unwrap();
+    });
+}
+
+/// An owner that got its data leaves lazily (nobody received lately, so nobody is woken);
+/// the hand-off thread looks at the vacancy once, later. A sleeper whose data is already in
+/// the queue (pushed while the flag was up, so no readiness comes) must still get it: from
+/// the deferred look, or from a reader that claims the pump meanwhile.
+#[test]
+fn a_vacancy_left_lazily_is_handed_over_later() {
+    model("a_vacancy_left_lazily_is_handed_over_later", || {
+        let s = Session::new(2, &[0]);
+        let b = {
+            let s = Arc::clone(&s);
+            thread::spawn(move || assert!(s.read(1, None)))
+        };
+        // A: the owner with its data queued, leaving lazily.
+        let vacancy = {
+            let task = StdArc::new(Task(Notify::new()));
+            let waker = Waker::from(StdArc::clone(&task));
+            let mut ticket: Ticket = None;
+            let owner = {
+                let mut reg = s.reg.lock().unwrap();
+                reg.register(&mut ticket, Kind::Reader, &waker);
+                reg.claim(ticket)
+            };
+            if owner {
+                s.pump();
+            }
+            let (next, vacancy) = s.reg.lock().unwrap().leave_lazily(&mut ticket);
+            if let Some(w) = next {
+                w.wake();
+            }
+            vacancy
+        };
+        // B's data arrives; with the flag up (A pumped last) no readiness event comes.
+        s.send(1);
+        // The deferred look.
+        if let Some(v) = vacancy {
+            let next = s.reg.lock().unwrap().resolve_vacancy(v);
+            if let Some(w) = next {
+                w.wake();
+            }
+        }
+        b.join().unwrap();
     });
 }

@@ -235,5 +235,8 @@ fn soak_with_random_closes_and_reconnects_leaves_nothing_behind_and_memory_flat(
 /// or the server closed its side of it. A protocol violation or a lost connection between
 /// two correct peers is a defect, not load.
 fn expected_close(e: &shmlink::Error) -> bool {
-    matches!(e, shmlink::Error::PeerClosed | shmlink::Error::ClosedLocally)
+    matches!(
+        e,
+        shmlink::Error::PeerClosed | shmlink::Error::ClosedLocally
+    )
 }

@@ -9,6 +9,9 @@
 //!   collected once every lock is released.
 //! - `spin.rs`: whether a waiter spins (`Adaptive`, `Poll`), decided per waiter, with at most
 //!   (CPUs available - 1) spinning threads in the process.
+//! - `deferred.rs`: the pump left vacant by a reader that returned with its data (it will
+//!   likely read again at once) is handed to a waiter after a grace period if nobody claimed
+//!   it, by one process-wide thread.
 //! - `publish.rs`: pushing elements and writing frames from the writer's own task.
 //!
 //! A session that nothing waits on, or whose owner stopped being polled (an abandoned read),
@@ -36,6 +39,7 @@ use crate::shm::Shm;
 use crate::stream::StreamShared;
 use crate::{Error, Exhaustion};
 
+mod deferred;
 mod publish;
 mod pump;
 mod spin;

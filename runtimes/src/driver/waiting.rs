@@ -28,6 +28,9 @@ pub(super) const PUMP_READS: usize = 16;
 /// How often a spinning owner reads the socket (the peer sends no Polling while the flag is
 /// up; only fallback data, closes or the end come that way).
 const SOCKET_EVERY: Duration = Duration::from_micros(20);
+/// A waiter whose last wait ended with data within this is "recent": when an owner leaves,
+/// the pump is handed to it at once rather than left vacant for a grace period.
+const RECENT: Duration = Duration::from_millis(2);
 /// Rounds of "the flag went down but elements came meanwhile" before an owner yields.
 const LOWER_ROUNDS: u32 = 8;
 
@@ -68,6 +71,8 @@ pub(crate) struct WaitSlot {
     pub(super) wakes: Vec<Waker>,
     /// When the socket was last read by this waiter while it spun.
     socket_at: Option<Instant>,
+    /// When this waiter's last wait ended with data.
+    last_data: Option<Instant>,
 }
 
 impl WaitSlot {
@@ -89,6 +94,7 @@ impl WaitSlot {
             spin: Spin::default(),
             wakes: Vec::new(),
             socket_at: None,
+            last_data: None,
         }
     }
 
@@ -136,6 +142,8 @@ impl Inner {
             let owner = {
                 let mut reg = self.waiters.registry();
                 reg.register(&mut slot.ticket, slot.kind, cx.waker());
+                let recent = slot.last_data.is_some_and(|t| t.elapsed() < RECENT);
+                reg.set_recent(slot.ticket, recent);
                 let owner = reg.claim(slot.ticket);
                 if owner {
                     reg.progress();
@@ -262,16 +270,34 @@ impl Inner {
     /// otherwise it goes down, so the peer's next push sends a Polling frame, which wakes an
     /// acceptor through the socket.
     fn leave(&self, slot: &mut WaitSlot, got_data: bool) {
-        slot.spin.finish(got_data, Instant::now());
+        let now = Instant::now();
+        slot.spin.finish(got_data, now);
+        if got_data {
+            slot.last_data = Some(now);
+        }
         slot.socket_at = None;
-        let (owned, next, no_reader) = {
+        // An owner that got its data in a hot mode will likely read again at once: the pump
+        // goes now only to a reader that received lately, otherwise it waits vacant, the
+        // flag up, and is handed over after a grace period if nobody claimed it.
+        let lazy = got_data && self.settings.hot();
+        let (owned, next, vacancy, no_reader, nobody) = {
             let mut reg = self.waiters.registry();
             let owned = reg.owns(slot.ticket);
-            let next = reg.leave(&mut slot.ticket, false);
-            (owned, next, !reg.has_reader(None))
+            let (next, vacancy) = if lazy && owned {
+                reg.leave_lazily(&mut slot.ticket)
+            } else {
+                (reg.leave(&mut slot.ticket, false), None)
+            };
+            (owned, next, vacancy, !reg.has_reader(None), reg.is_empty())
         };
         if let Some(w) = next {
             w.wake();
+            return;
+        }
+        if let Some(vacancy) = vacancy {
+            if !nobody {
+                super::deferred::defer(self, vacancy);
+            }
             return;
         }
         if owned && !(no_reader && self.settings.hot()) && !self.is_closed() {
@@ -334,6 +360,15 @@ impl Inner {
                 reg.wake_owner()
             }
         };
+        if let Some(w) = next {
+            w.wake();
+        }
+    }
+
+    /// The hand-off thread's second look at a vacancy left by an owner that returned with
+    /// its data: still vacant, it goes to a waiter now.
+    pub(super) fn resolve_vacancy(&self, vacancy: u64) {
+        let next = self.waiters.registry().resolve_vacancy(vacancy);
         if let Some(w) = next {
             w.wake();
         }
