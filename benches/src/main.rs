@@ -638,6 +638,16 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
             &plan.parallel_sizes,
             &plan.parallel,
             plan.parallel_budget,
+            false,
+            &mut report.parallel,
+        )?;
+        // shmipc-go's own shape: client and server in one process, 64 B.
+        let go_ps: Vec<usize> = plan.parallel.iter().copied().filter(|&p| p <= 32).collect();
+        parallel::run(
+            &[64],
+            &go_ps,
+            plan.parallel_budget,
+            true,
             &mut report.parallel,
         )?;
         report.idle = Some(parallel::run_idle(64, plan.stream_budget)?);

@@ -83,12 +83,32 @@ fn measure(
     size: usize,
     budget: Duration,
     endpoint: &Path,
+    in_process: bool,
 ) -> Result<(u64, f64, u64), String> {
     let tally = Arc::new(Tally::default());
     let started;
     let mut fallbacks = 0;
     match par {
         Par::Unix => {
+            if in_process {
+                let listener =
+                    std::os::unix::net::UnixListener::bind(endpoint).map_err(|e| e.to_string())?;
+                std::thread::spawn(move || {
+                    let mut workers = Vec::new();
+                    while let Ok((mut s, _)) = listener.accept() {
+                        let mut hello = [0u8; 1];
+                        if s.read_exact(&mut hello).is_err() || hello[0] == 0 {
+                            break;
+                        }
+                        workers.push(std::thread::spawn(move || {
+                            transports::serve_stream(s, Mode::Streams(size))
+                        }));
+                    }
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                });
+            }
             let mut socks = Vec::new();
             for _ in 0..p {
                 let mut s = UnixStream::connect(endpoint).map_err(|e| e.to_string())?;
@@ -115,6 +135,18 @@ fn measure(
             });
         }
         Par::Blocking => {
+            if in_process {
+                let listener = shmlink::Listener::bind(
+                    endpoint,
+                    transports::shmlink_config(SyncMode::Adaptive),
+                )
+                .map_err(|e| e.to_string())?;
+                std::thread::spawn(move || {
+                    if let Ok(session) = listener.accept() {
+                        transports::pong_every_stream(&session, size);
+                    }
+                });
+            }
             let session = shmlink::Session::connect(
                 endpoint,
                 transports::shmlink_config(shmlink::SyncMode::Adaptive),
@@ -147,6 +179,18 @@ fn measure(
                 .build()
                 .map_err(|e| e.to_string())?;
             let config = transports::shmlink_config(shmlink::SyncMode::Adaptive);
+            if in_process {
+                // Go's shape: the server's tasks share the client's runtime.
+                let listener =
+                    shmlink::Listener::bind(endpoint, config.clone()).map_err(|e| e.to_string())?;
+                rt.spawn(async move {
+                    if let Ok(session) = shmlink::tokio::accept(&listener).await {
+                        while let Ok(stream) = session.accept_stream(None).await {
+                            tokio::spawn(transports::shmlink_pong_async(stream, size));
+                        }
+                    }
+                });
+            }
             let session = rt
                 .block_on(shmlink::tokio::connect(endpoint, config))
                 .map_err(|e| e.to_string())?;
@@ -173,6 +217,30 @@ fn measure(
             let ex = Arc::new(async_executor::Executor::new());
             let (done_tx, done_rx) = async_io_channel();
             let config = transports::shmlink_config(shmlink::SyncMode::Adaptive);
+            // Two executor threads, as the tokio rows have two workers.
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let ex = Arc::clone(&ex);
+                    let done = Arc::clone(&done_rx);
+                    std::thread::spawn(move || async_io::block_on(ex.run(wait_flag(done))))
+                })
+                .collect();
+            if in_process {
+                // Go's shape: the server's tasks share the client's executor.
+                let listener =
+                    shmlink::Listener::bind(endpoint, config.clone()).map_err(|e| e.to_string())?;
+                let spawner = Arc::clone(&ex);
+                ex.spawn(async move {
+                    if let Ok(session) = shmlink::smol::accept(&listener).await {
+                        while let Ok(stream) = session.accept_stream(None).await {
+                            spawner
+                                .spawn(transports::shmlink_pong_async(stream, size))
+                                .detach();
+                        }
+                    }
+                })
+                .detach();
+            }
             let session = async_io::block_on(shmlink::smol::connect(endpoint, config))
                 .map_err(|e| e.to_string())?;
             let streams: Vec<_> = (0..p)
@@ -183,14 +251,6 @@ fn measure(
             let tasks: Vec<_> = streams
                 .into_iter()
                 .map(|stream| ex.spawn(async_worker(Arc::clone(&tally), stream, size)))
-                .collect();
-            // Two executor threads, as the tokio rows have two workers.
-            let threads: Vec<_> = (0..2)
-                .map(|_| {
-                    let ex = Arc::clone(&ex);
-                    let done = Arc::clone(&done_rx);
-                    std::thread::spawn(move || async_io::block_on(ex.run(wait_flag(done))))
-                })
                 .collect();
             std::thread::sleep(budget);
             // SYNC: Relaxed; see Tally.
@@ -258,6 +318,7 @@ pub(crate) fn run(
     sizes: &[usize],
     ps: &[usize],
     budget: Duration,
+    in_process: bool,
     rows: &mut Vec<Parallel>,
 ) -> Result<(), String> {
     for &size in sizes {
@@ -273,15 +334,28 @@ pub(crate) fn run(
                 };
                 let endpoint =
                     transports::endpoint(kind, &format!("par-{}-{p}-{size}", par.name()));
-                let peer = Peer::start(kind, &endpoint, size, Mode::Streams(size))?;
-                let window = machine::Window::start(peer.pid());
-                let (ops, wall, fallbacks) = measure(par, p, size, budget, &endpoint)?;
-                let usage = window.end();
-                peer.finish();
+                let (ops, wall, fallbacks, usage) = if in_process {
+                    let _ = std::fs::remove_file(&endpoint);
+                    let window = machine::Window::start(std::process::id());
+                    let (ops, wall, fallbacks) = measure(par, p, size, budget, &endpoint, true)?;
+                    let mut usage = window.end();
+                    // One process: its CPU is counted once, under "harness".
+                    usage.cpu_ns[1] = 0;
+                    let _ = std::fs::remove_file(&endpoint);
+                    (ops, wall, fallbacks, usage)
+                } else {
+                    let peer = Peer::start(kind, &endpoint, size, Mode::Streams(size))?;
+                    let window = machine::Window::start(peer.pid());
+                    let (ops, wall, fallbacks) = measure(par, p, size, budget, &endpoint, false)?;
+                    let usage = window.end();
+                    peer.finish();
+                    (ops, wall, fallbacks, usage)
+                };
                 let row = Parallel {
                     par,
                     p,
                     size,
+                    in_process,
                     rate: ops as f64 / wall,
                     cpu_ns: usage.cpu_ns.map(|c| c as f64 / ops.max(1) as f64),
                     fallbacks: (par != Par::Unix).then_some(fallbacks),

@@ -269,7 +269,7 @@ impl<S: Read + Write> Client for StreamClient<S> {
     }
 }
 
-fn serve_stream<S: Read + Write>(mut sock: S, mode: Mode) -> io::Result<()> {
+pub(crate) fn serve_stream<S: Read + Write>(mut sock: S, mode: Mode) -> io::Result<()> {
     match mode {
         Mode::PingPong(n) | Mode::Streams(n) | Mode::Pooled(n, _) => {
             let mut buf = vec![0u8; n];
@@ -471,7 +471,10 @@ impl Client for AsyncShmlinkClient {
     }
 }
 
-async fn shmlink_pong_async(mut stream: shmlink::AsyncStream, n: usize) -> io::Result<()> {
+pub(crate) async fn shmlink_pong_async(
+    mut stream: shmlink::AsyncStream,
+    n: usize,
+) -> io::Result<()> {
     loop {
         match shmlink_recv_async(&mut stream, n).await {
             Ok(Some((sum, _))) => shmlink_send_async(&stream, n, reply_fill(sum, n)).await?,
@@ -666,7 +669,7 @@ fn shmlink_pong(mut stream: shmlink::Stream, n: usize) -> io::Result<()> {
 }
 
 /// Ping-pong on every stream of `session`, a thread each, until the session ends.
-fn pong_every_stream(session: &shmlink::Session, n: usize) {
+pub(crate) fn pong_every_stream(session: &shmlink::Session, n: usize) {
     let mut workers = Vec::new();
     while let Ok(stream) = session.accept_stream(None) {
         workers.push(std::thread::spawn(move || shmlink_pong(stream, n)));
