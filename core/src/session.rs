@@ -198,8 +198,11 @@ pub enum SessionError {
     BadChain(BufferError),
     /// Every stream id is in use.
     StreamsExhausted,
-    /// The circuit breaker is open after a fallback; retry later.
-    Unhealthy,
+    /// The circuit breaker is open after a fallback; retry in `retry_in_ms` milliseconds.
+    Unhealthy {
+        /// Milliseconds until the breaker closes again.
+        retry_in_ms: u64,
+    },
     /// The stream is not open for writing.
     StreamClosed,
 }
@@ -210,7 +213,10 @@ impl fmt::Display for SessionError {
             Self::InvalidMessage { kind } => write!(f, "peer sent {kind:?} after the handshake"),
             Self::BadChain(e) => write!(f, "peer sent an invalid buffer chain: {e}"),
             Self::StreamsExhausted => write!(f, "all stream ids are in use"),
-            Self::Unhealthy => write!(f, "session is unhealthy after a fallback; retry later"),
+            Self::Unhealthy { retry_in_ms } => write!(
+                f,
+                "session is unhealthy after a fallback; retry in {retry_in_ms} ms"
+            ),
             Self::StreamClosed => write!(f, "stream is closed"),
         }
     }
@@ -321,6 +327,12 @@ impl Session {
         &mut self.metrics
     }
 
+    /// Milliseconds until the circuit breaker closes again at `now_ms` (0: it is closed).
+    pub fn unhealthy_for_ms(&self, now_ms: u64) -> u64 {
+        self.unhealthy_until_ms
+            .map_or(0, |until| until.saturating_sub(now_ms))
+    }
+
     /// Whether the circuit breaker is closed at `now_ms`.
     pub fn is_healthy(&self, now_ms: u64) -> bool {
         self.unhealthy_until_ms.is_none_or(|until| now_ms >= until)
@@ -340,7 +352,10 @@ impl Session {
     /// Opens a stream (nothing goes on the wire: the peer learns of it from the first data).
     pub fn open_stream(&mut self, now_ms: u64) -> Result<u32, SessionError> {
         if !self.is_healthy(now_ms) {
-            return Err(SessionError::Unhealthy);
+            let until = self.unhealthy_until_ms.unwrap_or(now_ms);
+            return Err(SessionError::Unhealthy {
+                retry_in_ms: until.saturating_sub(now_ms),
+            });
         }
         for _ in 0..=self.streams.len() {
             self.last_id = self.last_id.wrapping_add(1);

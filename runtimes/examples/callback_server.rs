@@ -38,6 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The largest message this example accepts: the length prefix comes from the peer, and a
+/// server must not allocate whatever a client claims.
+const MAX_MESSAGE: usize = 16 << 20;
+
 fn echo(mut stream: Stream) -> std::io::Result<()> {
     loop {
         let mut len = [0u8; 4];
@@ -46,7 +50,14 @@ fn echo(mut stream: Stream) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_MESSAGE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a message of {n} bytes is over this example's {MAX_MESSAGE}"),
+            ));
+        }
+        let mut body = vec![0u8; n];
         stream.read_exact(&mut body)?;
         // One reservation: the reply is a single message, as the client expects.
         let mut reply = stream.reserve(4 + body.len())?;

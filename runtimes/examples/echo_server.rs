@@ -60,6 +60,10 @@ fn serve_session(session: Session) -> Result<(), shmlink::Error> {
     Ok(())
 }
 
+/// The largest message this example accepts: the length prefix comes from the peer, and a
+/// server must not allocate whatever a client claims.
+const MAX_MESSAGE: usize = 16 << 20;
+
 /// Echoes framed messages until the client closes the stream.
 fn echo(mut stream: Stream) -> Result<(), shmlink::Error> {
     let mut len = [0u8; 4];
@@ -72,6 +76,12 @@ fn echo(mut stream: Stream) -> Result<(), shmlink::Error> {
             };
         }
         let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_MESSAGE {
+            return Err(shmlink::Error::TooLarge {
+                len: n,
+                max: MAX_MESSAGE as u32,
+            });
+        }
         payload.resize(n, 0);
         // An end here is the client closing mid-message: Error::StreamEnded says so.
         stream.read_exact(&mut payload)?;

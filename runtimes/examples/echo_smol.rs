@@ -61,7 +61,14 @@ async fn echo(mut stream: AsyncStream) -> std::io::Result<()> {
                 Err(e)
             };
         }
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_MESSAGE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a message of {n} bytes is over this example's {MAX_MESSAGE}"),
+            ));
+        }
+        let mut body = vec![0u8; n];
         read_exact(&mut stream, &mut body).await?;
         write_all(&mut stream, &len).await?;
         write_all(&mut stream, &body).await?;
@@ -86,6 +93,10 @@ async fn write_all(s: &mut AsyncStream, mut buf: &[u8]) -> std::io::Result<()> {
     }
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_flush(cx)).await
 }
+
+/// The largest message this example accepts: the length prefix comes from the peer, and a
+/// server must not allocate whatever a client claims.
+const MAX_MESSAGE: usize = 16 << 20;
 
 async fn client(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let session = shmlink::smol::connect(path, Config::default()).await?;

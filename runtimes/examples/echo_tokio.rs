@@ -40,9 +40,19 @@ async fn server(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The largest message this example accepts: the length prefix comes from the peer, and a
+/// server must not allocate whatever a client claims.
+const MAX_MESSAGE: usize = 16 << 20;
+
 async fn echo(mut stream: AsyncStream) -> Result<(), Error> {
     while let Some(len) = stream.read_bytes(4).await? {
         let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if n > MAX_MESSAGE {
+            return Err(Error::TooLarge {
+                len: n,
+                max: MAX_MESSAGE as u32,
+            });
+        }
         // Zero copy when the message lies in one slice of shared memory.
         let body = stream.read_bytes(n).await?.ok_or(Error::StreamEnded)?;
         // One reservation, written in place, one queue element.

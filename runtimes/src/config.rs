@@ -128,7 +128,11 @@ pub struct Config {
     /// shared memory). The creator of the region (the client) decides; every peer, shmipc-go
     /// and CloudWeGo's `shmipc` included, reads the classes from the region's header.
     pub size_classes: Vec<SizeClass>,
-    /// Prefix of region names; the client adds its pid and a random part.
+    /// Prefix of region names; the client adds its pid and a random part. In file mode the
+    /// prefix is a path (default `/dev/shm/shmlink`): a missing directory in it is created
+    /// (with the process's umask) and left in place when the session closes, only the region
+    /// files are removed. The server maps files only from its `shm_dirs`, so a prefix outside
+    /// them is refused by the server.
     pub path_prefix: String,
     /// Bound on the whole handshake (default 1 s).
     pub initialize_timeout: Duration,

@@ -73,15 +73,27 @@ pub enum Error {
     /// A deadline passed.
     #[error("timed out")]
     Timeout,
-    /// The session is unhealthy after a fallback (circuit breaker); retry later.
-    #[error("session is unhealthy after a fallback; retry later")]
-    Unhealthy,
+    /// The session refuses new streams for a while: a write fell back to the socket because
+    /// shared memory ran out, and the circuit breaker ([`Config::circuit_breaker`](crate::Config),
+    /// Go's behaviour) opened. A write larger than all of shared memory does not open it.
+    #[error(
+        "session is unhealthy: a write fell back to the socket because shared memory ran out, \
+         so the circuit breaker (Config::circuit_breaker) refuses new streams for another \
+         {retry_in:?}; size Config::buffer_capacity for your bursts, or choose Exhaustion::Wait"
+    )]
+    Unhealthy {
+        /// How long until new streams are accepted again.
+        retry_in: std::time::Duration,
+    },
     /// The IO queue stayed full for the whole retry window.
     #[error("the io queue stayed full; the peer is not consuming")]
     QueueFull,
     /// Shared memory cannot hold the write ([`Exhaustion::Error`](crate::Exhaustion), or a
     /// write larger than all of shared memory under [`Exhaustion::Wait`](crate::Exhaustion)).
-    #[error("shared memory cannot hold a write of {requested} bytes now")]
+    #[error(
+        "shared memory cannot hold a write of {requested} bytes now (if it is larger than all \
+         of shared memory, it never can: raise Config::buffer_capacity or the largest size class)"
+    )]
     SharedMemoryExhausted {
         /// The bytes asked for.
         requested: usize,
@@ -128,7 +140,9 @@ impl Error {
 impl From<SessionError> for Error {
     fn from(e: SessionError) -> Self {
         match e {
-            SessionError::Unhealthy => Error::Unhealthy,
+            SessionError::Unhealthy { retry_in_ms } => Error::Unhealthy {
+                retry_in: std::time::Duration::from_millis(retry_in_ms),
+            },
             SessionError::StreamClosed => Error::StreamClosed,
             SessionError::StreamsExhausted => Error::StreamsExhausted,
             other => Error::ProtocolViolation(other.to_string()),

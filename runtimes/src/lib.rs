@@ -207,6 +207,8 @@
 //!   unix sockets (the peer's uid is checked) where other users share the host.
 
 #![deny(unsafe_code)]
+// docs.rs builds with `--cfg docsrs` (see Cargo.toml): items behind `tokio` or `smol` say so.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
 mod async_stream;
@@ -226,6 +228,7 @@ mod stream;
 /// The tokio runtime: sessions whose waits go through tokio's reactor and timers. Create them
 /// inside a tokio runtime with I/O and time enabled.
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio {
     crate::async_stream::runtime_entry!(Runtime::Tokio, "tokio");
 
@@ -267,6 +270,7 @@ pub mod tokio {
 /// The smol runtime, through `async-io`: works under any executor (smol, async-executor,
 /// `futures`' `block_on`, a hand-written one).
 #[cfg(feature = "smol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 pub mod smol {
     crate::async_stream::runtime_entry!(Runtime::Smol, "smol");
 
@@ -308,11 +312,13 @@ pub mod smol {
 }
 
 #[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub use async_stream::{AsyncSession, AsyncStream, ReadHalf, WriteHalf};
 pub use config::{Config, Exhaustion, GO_SIZE_CLASSES, MemMode, SIZE_CLASSES, SyncMode};
 pub use error::Error;
 pub use listener::{HandshakeFailure, Listener};
 #[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub use manager::{AsyncPooledStream, AsyncSessionManager};
 pub use manager::{ManagerConfig, PooledStream, SessionManager};
 pub use monitor::{Monitor, SessionInfo};
@@ -321,4 +327,5 @@ pub use shmlink_core::buffer::SizeClass;
 pub use shmlink_core::session::{
     Metrics, PerformanceMetrics, ShareMemoryMetrics, StabilityMetrics,
 };
+pub use shmlink_linux::socket::Peer;
 pub use stream::{Async, Blocking, Pieces, Reservation, Stream, View};

@@ -2,10 +2,11 @@
 //! server, streams handed out from per-session pools and returned on drop, dead sessions
 //! rebuilt with back-off on a short-lived thread while requests go to the live ones.
 //!
-//! Go hands streams out round-robin per request. Here threads are spread round-robin over
-//! the sessions and each keeps its session: a thread's requests then meet the same peer
-//! thread, whose adaptive spin is still warm, instead of a sleeping one (one thread rotating
-//! over four sessions measured 5x slower per request). Load still spreads with the threads.
+//! Go hands streams out round-robin per request, and so do the async pools (tasks share and
+//! change executor threads, so per-thread spreading put 8 tasks on one session). The blocking
+//! pool spreads threads round-robin over the sessions and each keeps its session: a thread's
+//! requests then meet the same peer thread, whose adaptive spin is still warm, instead of a
+//! sleeping one (one thread rotating over four sessions measured 5x slower per request).
 //!
 //! One pool serves every runtime: [`SessionManager`] (blocking) holds [`Stream`]s,
 //! `AsyncSessionManager` (made by `shmlink::tokio::manager` or `shmlink::smol::manager`)
@@ -56,6 +57,11 @@ impl Default for ManagerConfig {
 
 /// A stream type a pool can hold.
 pub(crate) trait Pooled: Sized + Send + 'static {
+    /// Spread requests over the sessions round-robin, one by one (async: tasks move between
+    /// executor threads and many share one, so a thread's session would put every task of a
+    /// thread on one session); otherwise each thread keeps its session.
+    const PER_REQUEST: bool = false;
+
     fn open(inner: &Arc<Inner>) -> Result<Self, Error>;
     /// Whether it can serve another request: nothing unread, not in fallback, not ended.
     fn reusable(&self) -> bool;
@@ -314,7 +320,12 @@ impl<S: Pooled> Pool<S> {
         }
         self.sweep();
         let n = self.slots.len();
-        let start = self.preferred_slot();
+        let start = if S::PER_REQUEST {
+            // SYNC: Relaxed; only spreads the load.
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            self.preferred_slot()
+        };
         let mut last = None;
         // Two rounds: the first skips unhealthy sessions, the second takes them anyway.
         for round in 0..2 {
@@ -329,7 +340,9 @@ impl<S: Pooled> Pool<S> {
                     continue;
                 };
                 if round == 0 && !session.is_healthy() {
-                    last = Some(Error::Unhealthy);
+                    last = Some(Error::Unhealthy {
+                        retry_in: session.unhealthy_for(),
+                    });
                     continue;
                 }
                 let idle_time = self.manager.stream_idle_time;
@@ -675,6 +688,8 @@ mod async_manager {
     use crate::AsyncStream;
 
     impl Pooled for AsyncStream {
+        const PER_REQUEST: bool = true;
+
         fn open(inner: &Arc<Inner>) -> Result<Self, Error> {
             AsyncStream::open(inner)
         }
@@ -742,8 +757,8 @@ mod async_manager {
             Ok(Self { pool })
         }
 
-        /// A stream from this thread's session (for tasks: the executor thread's), as
-        /// [`SessionManager::get_stream`]; never waits.
+        /// A stream from the next session round-robin (requests, and so tasks, spread over
+        /// the sessions), otherwise as [`SessionManager::get_stream`]; never waits.
         pub fn get_stream(&self) -> Result<AsyncPooledStream, Error> {
             let (index, stream) = self.pool.get()?;
             Ok(AsyncPooledStream(Lease {

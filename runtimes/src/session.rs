@@ -133,6 +133,21 @@ macro_rules! session_common {
                 self.inner.version()
             }
 
+            /// Who the peer is: over a unix socket its process id, user id and group id at
+            /// connect time (`SO_PEERCRED`, which the server also checks against
+            /// `Config::same_user_only`); over TCP its address.
+            ///
+            /// ```no_run
+            /// # fn demo(session: &shmlink::Session) {
+            /// if let shmlink::Peer::Unix { pid, uid, .. } = session.peer() {
+            ///     println!("serving pid {pid} of uid {uid}");
+            /// }
+            /// # }
+            /// ```
+            pub fn peer(&self) -> crate::Peer {
+                self.inner.peer.clone()
+            }
+
             /// Whether the session has closed. Takes in what the peer sent meanwhile (a
             /// close, a protocol violation) without waiting; an idle session also learns of
             /// it within [`Config::idle_drain_interval`](crate::Config) by itself.

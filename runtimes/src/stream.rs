@@ -996,7 +996,9 @@ impl Stream {
 
     /// Everything received so far as zero-copy pieces ([`bytes::Buf`] over them), waiting
     /// (within the read timeout) only for the first: one call for a whole burst of messages.
-    /// `Ok(None)` at the end of the stream.
+    /// `Ok(None)` at the end of the stream. A batch can hold much of shared memory: iterate
+    /// it by value (or `advance` the `Buf`) to give each slice back as you go, so that a
+    /// writer faster than you keeps finding memory.
     ///
     /// ```no_run
     /// # fn demo(stream: &mut shmlink::Stream) -> Result<(), shmlink::Error> {
@@ -1372,6 +1374,17 @@ impl Pieces {
     /// The pieces, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Bytes> {
         self.pieces.iter()
+    }
+}
+
+/// By value: each piece is a `Bytes` whose drop gives its slice back, so a reader that works
+/// through a large batch piece by piece frees shared memory as it goes.
+impl IntoIterator for Pieces {
+    type Item = Bytes;
+    type IntoIter = std::collections::vec_deque::IntoIter<Bytes>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.pieces.into_iter()
     }
 }
 

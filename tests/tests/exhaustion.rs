@@ -286,7 +286,7 @@ fn a_storm_of_writers_over_tiny_memory_loses_mixes_and_reorders_nothing() {
                             match client.open_stream() {
                                 Ok(s) => break s,
                                 // The breaker is open after a fallback: shared memory again soon.
-                                Err(Error::Unhealthy) => {
+                                Err(Error::Unhealthy { .. }) => {
                                     std::thread::sleep(Duration::from_millis(2))
                                 }
                                 Err(e) => panic!("open: {e}"),

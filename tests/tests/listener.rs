@@ -25,7 +25,14 @@ fn a_stale_socket_file_is_replaced_but_a_live_listener_is_not_stolen() {
     let live = Listener::bind(&path, Config::default()).expect("a stale file is replaced");
     let second = Listener::bind(&path, Config::default());
     let err = second.expect_err("a live listener's path is not taken over");
-    assert!(err.to_string().contains("another process listens"), "{err}");
+    assert!(
+        err.to_string().contains("a listener is live on it"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "the error names the path: {err}"
+    );
     // The live one still works.
     let session = Session::connect(&path, Config::default()).unwrap();
     let _server = live.accept_timeout(Duration::from_secs(10)).unwrap();

@@ -177,7 +177,10 @@ fn fallback_data_for_a_stream_the_client_never_opened_is_dropped() {
         !session.is_healthy(),
         "a fallback opens the circuit breaker"
     );
-    assert!(matches!(session.open_stream(), Err(Error::Unhealthy)));
+    assert!(matches!(
+        session.open_stream(),
+        Err(Error::Unhealthy { .. })
+    ));
 }
 
 impl RawServer {

@@ -313,7 +313,10 @@ fn exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering
     check_echoes(&mut stream, &[100, 2 << 20, 100, 5000], 0).unwrap();
     assert!(stream.is_fallback());
     assert!(!session.is_healthy(), "the circuit breaker opened");
-    assert!(matches!(session.open_stream(), Err(Error::Unhealthy)));
+    assert!(matches!(
+        session.open_stream(),
+        Err(Error::Unhealthy { .. })
+    ));
     let client = session.metrics();
     drop(stream);
     drop(session);
@@ -327,4 +330,29 @@ fn exhausted_shared_memory_falls_back_to_the_socket_without_losing_or_reordering
         server.stability.fallback_write_count, 3,
         "the server's stream switched too: {server:?}"
     );
+}
+
+/// A session names its peer: over a unix socket, the process id and user of the other end.
+#[test]
+fn a_session_names_its_peer_process_and_user() {
+    let _deadline = shmlink_tests::deadline(
+        "session_edges::a_session_names_its_peer_process_and_user",
+        Duration::from_secs(60),
+    );
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("peer-creds")));
+    let listener = Listener::bind(&sock, fast_config()).unwrap();
+    let client = std::thread::spawn(move || Session::connect(&sock, fast_config()).unwrap());
+    let server = listener.accept_timeout(Duration::from_secs(30)).unwrap();
+    let client = client.join().unwrap();
+    let me = std::process::id() as i32;
+    let uid = rustix::process::getuid().as_raw();
+    for session in [&server, &client] {
+        match session.peer() {
+            shmlink::Peer::Unix { pid, uid: u, .. } => {
+                assert_eq!(pid, me, "both ends are this process");
+                assert_eq!(u, uid);
+            }
+            other => panic!("a unix-socket peer, not {other:?}"),
+        }
+    }
 }

@@ -100,7 +100,7 @@ fn work(
         let mut stream = match session.open_stream() {
             Ok(s) => s,
             Err(e) if expected_close(&e) => continue,
-            Err(shmlink::Error::Unhealthy) => continue,
+            Err(shmlink::Error::Unhealthy { .. }) => continue,
             Err(e) => panic!("open: {e}"),
         };
         streams += 1;

@@ -28,6 +28,18 @@ pub enum TransportError {
         /// The OS error.
         source: io::Error,
     },
+    /// An I/O error on a socket path: what we were doing, where, and what to check.
+    #[error("{context} {}: {source}{hint}", path.display())]
+    AtPath {
+        /// What failed.
+        context: &'static str,
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: io::Error,
+        /// What to check, for the common causes (may be empty).
+        hint: &'static str,
+    },
     /// The peer closed the connection.
     #[error("the peer closed the connection ({context})")]
     Closed {
@@ -88,9 +100,24 @@ pub enum Conn {
 impl Conn {
     /// Connects to a unix socket path.
     pub fn connect_unix(path: &Path) -> Result<Self, TransportError> {
-        UnixStream::connect(path)
-            .map(Conn::Unix)
-            .map_err(TransportError::io("connect to the unix socket"))
+        UnixStream::connect(path).map(Conn::Unix).map_err(|source| {
+            let hint = match source.kind() {
+                io::ErrorKind::NotFound => " (is a server listening at this path?)",
+                io::ErrorKind::ConnectionRefused => {
+                    " (the socket file is there, but no process listens on it)"
+                }
+                io::ErrorKind::PermissionDenied => {
+                    " (this user may not connect to it: check the file's and directory's modes)"
+                }
+                _ => "",
+            };
+            TransportError::AtPath {
+                context: "connect to the unix socket",
+                path: path.to_owned(),
+                source,
+                hint,
+            }
+        })
     }
 
     /// Connects over TCP.
@@ -390,9 +417,12 @@ impl Listener {
             if meta.file_type().is_socket() {
                 match UnixStream::connect(path) {
                     Ok(_) => {
-                        return Err(TransportError::Io {
-                            context: "bind the unix socket: another process listens on it",
+                        return Err(TransportError::AtPath {
+                            context: "bind the unix socket",
+                            path: path.to_owned(),
                             source: io::ErrorKind::AddrInUse.into(),
+                            hint: " (a listener is live on it, in this process or another: \
+                                   close it or choose another path)",
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -402,7 +432,22 @@ impl Listener {
                 }
             }
         }
-        let l = UnixListener::bind(path).map_err(TransportError::io("bind the unix socket"))?;
+        let l = UnixListener::bind(path).map_err(|source| {
+            let hint = match source.kind() {
+                io::ErrorKind::PermissionDenied => {
+                    " (this user may not create files in that directory)"
+                }
+                io::ErrorKind::NotFound => " (its directory does not exist)",
+                io::ErrorKind::AddrInUse => " (something that is not a socket is at that path)",
+                _ => "",
+            };
+            TransportError::AtPath {
+                context: "bind the unix socket",
+                path: path.to_owned(),
+                source,
+                hint,
+            }
+        })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(TransportError::io("set the unix socket's file mode"))?;
         l.set_nonblocking(true)

@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     version: u8,
     pub(crate) settings: Settings,
     counters: Counters,
+    /// Who the peer is: its credentials at connect time (unix socket) or its address (TCP).
+    pub(crate) peer: shmlink_linux::socket::Peer,
 }
 
 impl Inner {
@@ -164,6 +166,7 @@ impl Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             me,
             shm,
+            peer: conn.peer(),
             version: core.version(),
             state: Mutex::new(State {
                 core,
@@ -511,6 +514,11 @@ impl Inner {
                 crate::monitor::closed(me);
             }
         }
+    }
+
+    /// How long the circuit breaker still refuses new streams (zero: it is closed).
+    pub(crate) fn unhealthy_for(&self) -> Duration {
+        Duration::from_millis(lock(&self.state).core.unhealthy_for_ms(self.now_ms()))
     }
 
     /// Whether the circuit breaker is closed (no fallback within `circuit_breaker`).
