@@ -623,9 +623,22 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
         None => Kind::all(),
     };
     // `--parallel-only`: just the many-streams section (for iterating on the driver).
-    // `--pingpong-only`: just the one-stream round trips (for the stability check).
+    // `--pingpong-only`: just the one-stream round trips (for the stability check);
+    // `--pipelined-only [--pipeline-count N]`: just the pipelined rows.
     let only = |flag: &str| args.iter().any(|a| a == flag);
-    if !only("--parallel-only") {
+    let mut plan = plan.clone();
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--pipeline-count")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+    {
+        plan.pipeline_count = n;
+    }
+    let plan = &plan;
+    if only("--pipelined-only") {
+        run_pipelined(plan, &mut report)?;
+    } else if !only("--parallel-only") {
         run_pingpong(plan, &kinds, &mut report)?;
         if !only("--pingpong-only") {
             run_pipelined(plan, &mut report)?;
@@ -633,7 +646,7 @@ fn run(plan: &Plan, write: bool, args: &[String]) -> Result<(), String> {
             run_pooled(plan, &mut report)?;
         }
     }
-    if !only("--no-parallel") && !only("--pingpong-only") {
+    if !only("--no-parallel") && !only("--pingpong-only") && !only("--pipelined-only") {
         parallel::run(
             &plan.parallel_sizes,
             &plan.parallel,

@@ -64,7 +64,7 @@ pub const GO_SIZE_CLASSES: [SizeClass; 3] = DEFAULT_SIZE_CLASSES;
 pub enum Exhaustion {
     /// Send the bytes in a FallbackData frame on the socket (Go): the stream stays on the
     /// socket from then on, so bytes never overtake each other, and the circuit breaker
-    /// opens. Unlike Go, a reservation first waits up to 2 ms for the reader to give memory
+    /// opens. Unlike Go, a reservation first waits up to 20 ms for the reader to give memory
     /// back (a burst stays in shared memory), and a write larger than all shared memory,
     /// which could never fit, does not open the breaker. A full queue is retried for about
     /// 100 ms, then [`Error::QueueFull`].

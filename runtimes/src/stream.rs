@@ -54,8 +54,10 @@ impl RecvState {
 const FALLBACK: u8 = 1;
 const PEER_CLOSED: u8 = 2;
 /// How long a reservation waits for shared memory under [`Exhaustion::Fallback`] before the
-/// stream falls back to the socket.
-const FALLBACK_GRACE: Duration = Duration::from_millis(2);
+/// stream falls back to the socket (for good: bytes never overtake each other). Measured:
+/// with 2 ms, 200,000 pipelined 64 B messages fell back after a reader descheduled for a few
+/// milliseconds on a 2-CPU machine; a burst should outlast the scheduler's time slice.
+const FALLBACK_GRACE: Duration = Duration::from_millis(20);
 /// The stream's first fallback was a write larger than all shared memory.
 const OVERSIZE: u8 = 4;
 
