@@ -311,7 +311,7 @@ impl Report {
             for r in self
                 .parallel
                 .iter()
-                .filter(|r| r.par == par && r.p >= 2 && r.size <= 4096)
+                .filter(|r| r.par == par && r.p >= 2 && r.size <= 4096 && !r.in_process)
             {
                 if r.fallbacks.unwrap_or(0) > 0 {
                     fell += 1;
