@@ -408,6 +408,34 @@ impl AsyncStream {
         self.read.read_bytes(&link, n).await
     }
 
+    /// Sends `body` as one length-prefixed message (4-byte big-endian length, then the body)
+    /// in one reservation of shared memory, as [`Stream::send_message`](crate::Stream::send_message).
+    ///
+    /// ```no_run
+    /// # async fn demo(stream: &mut shmlink::AsyncStream) -> Result<(), shmlink::Error> {
+    /// stream.send_message(b"request").await?;
+    /// let reply = stream.recv_message(1 << 20).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// For tokio-util's types, `tokio_util::codec::Framed::new(stream,
+    /// LengthDelimitedCodec::new())` speaks the same framing over this stream's `AsyncRead`
+    /// and `AsyncWrite`, at the price of a copy each way.
+    pub async fn send_message(&self, body: &[u8]) -> Result<(), Error> {
+        let len = crate::stream::message_len(body)?;
+        let mut r = self.reserve(4 + body.len()).await?;
+        r.write_at(0, &len);
+        r.write_at(4, body);
+        r.commit(4 + body.len()).await
+    }
+
+    /// The next length-prefixed message as `Bytes`, zero copy within one slice, as
+    /// [`Stream::recv_message`](crate::Stream::recv_message). Cancellation-safe.
+    pub async fn recv_message(&mut self, max: usize) -> Result<Option<Bytes>, Error> {
+        let link = Arc::clone(self.link());
+        self.read.recv_message(&link, max).await
+    }
+
     /// The next `n` bytes without consuming them. Cancellation-safe.
     ///
     /// ```no_run

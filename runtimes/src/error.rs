@@ -109,6 +109,15 @@ pub enum Error {
         /// The configured limit.
         max: u32,
     },
+    /// A length-prefixed message announced by the peer is longer than the reader allows
+    /// ([`Stream::recv_message`](crate::Stream::recv_message)); nothing of it was consumed.
+    #[error("the peer announced a message of {len} bytes, over this read's limit of {max}")]
+    MessageTooLarge {
+        /// The length the peer announced.
+        len: usize,
+        /// The reader's limit.
+        max: usize,
+    },
     /// A [`SessionManager`](crate::SessionManager) has no live session to hand out a stream
     /// from (each is being rebuilt after its peer went away); says why the last rebuild failed.
     #[error("no session available: {0}")]
@@ -160,7 +169,9 @@ impl From<Error> for std::io::Error {
             Error::ClosedLocally | Error::Unavailable(_) => K::NotConnected,
             Error::ConnectionLost(_) => K::ConnectionAborted,
             Error::StreamEnded => K::UnexpectedEof,
-            Error::ProtocolViolation(_) | Error::Handshake(_) => K::InvalidData,
+            Error::ProtocolViolation(_) | Error::Handshake(_) | Error::MessageTooLarge { .. } => {
+                K::InvalidData
+            }
             Error::Config(_) | Error::TooLarge { .. } => K::InvalidInput,
             Error::QueueFull | Error::SharedMemoryExhausted { .. } => K::ResourceBusy,
             _ => K::Other,

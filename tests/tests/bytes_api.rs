@@ -168,3 +168,77 @@ impl TakeExact for &mut Stream {
         std::io::Read::take(self, n)
     }
 }
+
+/// Length-prefixed messages (4-byte big-endian length, then the body, as shmlink's and
+/// shmipc-go's examples frame them): sent in one reservation, received whole as `Bytes`, in
+/// order, of every size from empty to 1 MiB; a message over the reader's limit is refused
+/// without consuming it (a bigger limit then reads it); the bytes on the wire are the frame.
+#[test]
+fn length_prefixed_messages_round_trip_and_a_limit_refuses_without_consuming() {
+    let _deadline = shmlink_tests::deadline(
+        "bytes_api::length_prefixed_messages",
+        Duration::from_secs(60),
+    );
+    let (client, c, server, mut s) = pair();
+    let sizes = [0usize, 1, 100, 5000, 200_000, 1 << 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        c.send_message(&payload(n, i)).unwrap();
+    }
+    for (i, &n) in sizes.iter().enumerate() {
+        let m = s.recv_message(1 << 20).unwrap().expect("a message");
+        assert!(m == payload(n, i), "message {i} of {n} bytes");
+    }
+    // The framing is the plain one: a raw read sees the prefix and the body.
+    c.send_message(b"abc").unwrap();
+    assert_eq!(&s.read_bytes(7).unwrap().unwrap()[..], b"\0\0\0\x03abc");
+    // Over the limit: refused, nothing consumed.
+    c.send_message(&payload(100, 9)).unwrap();
+    match s.recv_message(10) {
+        Err(Error::MessageTooLarge { len: 100, max: 10 }) => {}
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    assert!(s.recv_message(1000).unwrap().unwrap() == payload(100, 9));
+    // A clean end is None; an end inside a message is an error.
+    c.send(&[0, 0, 0, 50, 1, 2]).unwrap();
+    drop(c);
+    assert!(matches!(s.recv_message(100), Err(Error::StreamEnded)));
+    drop(s);
+    wait_all_free(&server);
+    wait_all_free(&client);
+}
+
+/// The async twin: tokio tasks exchange length-prefixed messages.
+#[test]
+fn length_prefixed_messages_on_tokio() {
+    let _deadline = shmlink_tests::deadline(
+        "bytes_api::length_prefixed_messages_on_tokio",
+        Duration::from_secs(60),
+    );
+    let sock = socket_path("bytes-msg-tokio");
+    let listener = Listener::bind(&sock, Config::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = tokio::spawn(async move {
+            let session = shmlink::tokio::accept(&listener).await.unwrap();
+            let mut s = session.accept_stream(None).await.unwrap();
+            while let Some(m) = s.recv_message(1 << 20).await.unwrap() {
+                s.send_message(&m).await.unwrap();
+            }
+        });
+        let session = shmlink::tokio::connect(&sock, Config::default())
+            .await
+            .unwrap();
+        let mut c = session.open_stream().unwrap();
+        for (i, n) in [0usize, 7, 9000, 300_000].into_iter().enumerate() {
+            c.send_message(&payload(n, i)).await.unwrap();
+            let echo = c.recv_message(1 << 20).await.unwrap().unwrap();
+            assert!(echo == payload(n, i), "echo {i} of {n} bytes");
+        }
+        drop(c);
+        server.await.unwrap();
+    });
+}
