@@ -245,3 +245,32 @@ impl Drop for Deadline {
         self.done.store(true, std::sync::atomic::Ordering::Release);
     }
 }
+
+/// An echo server of framed messages in this process (a thread, `Listener::serve`) that
+/// counts the replies it has sent: (socket path, listener, reply count).
+pub fn counting_echo_server(
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::sync::Arc<shmlink::Listener>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sock = socket_path(name);
+    let listener = Arc::new(shmlink::Listener::bind(&sock, shmlink::Config::default()).unwrap());
+    let replies = Arc::new(AtomicUsize::new(0));
+    let (serving, counter) = (Arc::clone(&listener), Arc::clone(&replies));
+    std::thread::spawn(move || {
+        serving.serve(move |mut stream| {
+            while let Ok(Some(body)) = recv_framed(&mut stream) {
+                if send_framed(&stream, &body).is_err() {
+                    break;
+                }
+                // SYNC: SeqCst; a count the test polls.
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    });
+    (sock, listener, replies)
+}

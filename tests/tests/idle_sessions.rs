@@ -7,11 +7,11 @@
 //! the peer pushes silently).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Listener, Session, SyncMode};
-use shmlink_tests::{framed, payload, recv_framed, send_framed, socket_path};
+use shmlink_tests::{counting_echo_server, framed, payload, recv_framed, send_framed, socket_path};
 
 const MODES: [SyncMode; 2] = [SyncMode::Event, SyncMode::Adaptive];
 
@@ -25,25 +25,6 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     done()
-}
-
-/// An echo server that counts the replies it has sent.
-fn counting_echo_server(name: &str) -> (std::path::PathBuf, Arc<Listener>, Arc<AtomicUsize>) {
-    let sock = socket_path(name);
-    let listener = Arc::new(Listener::bind(&sock, Config::default()).unwrap());
-    let replies = Arc::new(AtomicUsize::new(0));
-    let (serving, counter) = (Arc::clone(&listener), Arc::clone(&replies));
-    std::thread::spawn(move || {
-        serving.serve(move |mut stream| {
-            while let Ok(Some(body)) = recv_framed(&mut stream) {
-                if send_framed(&stream, &body).is_err() {
-                    break;
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    });
-    (sock, listener, replies)
 }
 
 const REPLIES: usize = 16;

@@ -11,33 +11,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use shmlink::{Config, Listener, SyncMode};
-use shmlink_tests::{payload, recv_framed, send_framed, socket_path};
+use shmlink_tests::{payload, socket_path};
 use tokio::io::AsyncReadExt;
-
-/// An echo server (framed messages) that counts the replies it sent.
-fn echo_server(name: &str) -> (std::path::PathBuf, Arc<Listener>, Arc<AtomicUsize>) {
-    let sock = socket_path(name);
-    let listener = Arc::new(Listener::bind(&sock, Config::default()).unwrap());
-    let replies = Arc::new(AtomicUsize::new(0));
-    let (serving, counter) = (Arc::clone(&listener), Arc::clone(&replies));
-    std::thread::spawn(move || {
-        serving.serve(move |mut stream| {
-            while let Ok(Some(body)) = recv_framed(&mut stream) {
-                if send_framed(&stream, &body).is_err() {
-                    break;
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    });
-    (sock, listener, replies)
-}
 
 /// Polls the inner future `polls` times, then gives up on it (drops it) and is ready.
 struct PollTwiceThenDrop<F> {
@@ -81,7 +61,8 @@ fn abandoned_read_strands_nothing(how: Abandon) {
         Abandon::Timeout => SyncMode::Poll,
         Abandon::UndrivenRuntime => SyncMode::Event,
     };
-    let (sock, listener, replies) = echo_server(&format!("abandon-{how:?}"));
+    let (sock, listener, replies) =
+        shmlink_tests::counting_echo_server(&format!("abandon-{how:?}"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
