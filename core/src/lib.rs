@@ -2,7 +2,8 @@
 //!
 //! Everything here is bytes and shared memory, never an OS call, so the crate is `no_std`
 //! (the `alloc` feature adds heap conveniences). It speaks the shmipc-go V2/V3 layouts
-//! byte for byte (see the project's PROTOCOL.md):
+//! byte for byte (see `docs/PROTOCOL.md` in the repository, which comments cite as
+//! "PROTOCOL.md N.M"):
 //!
 //! - [`queue`]: the IO queue of 12-byte elements, and the working-flag handshake that decides
 //!   when the peer must be woken.

@@ -1,5 +1,8 @@
 //! shmlink: shmipc for Rust. Zero-copy inter-process communication over Linux shared memory,
-//! wire-compatible with shmipc-go and CloudWeGo's crate `shmipc` (protocol V2/V3).
+//! wire-compatible with shmipc-go and CloudWeGo's crate `shmipc` (protocol V2/V3). The wire
+//! protocol and layouts are described in the repository's
+//! [`docs/PROTOCOL.md`](https://github.com/shmlink/shmlink/blob/main/docs/PROTOCOL.md), which
+//! comments cite as "PROTOCOL.md N.M" (the design: `docs/DESIGN.md`).
 //!
 //! A client [`Session::connect`]s to a server's unix socket, creates the shared memory (a
 //! queue region and a buffer region) and hands it over in the handshake. Both sides then
