@@ -260,6 +260,7 @@ fn measure(
                     t.await;
                 }
             }));
+            // SYNC: Release; pairs with the Acquire load in wait_flag (the executor threads end).
             done_tx.store(true, Ordering::Release);
             for t in threads {
                 let _ = t.join();
